@@ -1,0 +1,371 @@
+//! The commands of SPEC §2: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
+//! usage or configuration). Each command is a short function over the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::http::auth::{self, Scope};
+use crate::keys::manager::KeyManager;
+use crate::keys::store::read_unlocked;
+use crate::keys::{KeySet, SystemClock, listing};
+use crate::service::{self, StartError};
+use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::{TokenIssuer, TokenRequest};
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tfe-oidc",
+    version,
+    about = "An OpenID Connect issuer of Terraform Enterprise run identity tokens for Vault"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "TFE_OIDC_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML); without one, the embedded defaults.
+    #[arg(long, env = "TFE_OIDC_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: both listeners and the key rotator.
+    Serve(ConfigArg),
+    /// Validate the configuration and print the effective settings.
+    CheckConfig(ConfigArg),
+    /// Inspect or rotate the signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Mint tokens from the key store.
+    #[command(subcommand)]
+    Token(Box<TokenCommand>),
+    /// Manage API bearer tokens.
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// The key set: kid, state and lifecycle times.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Rotate now, offline (refused while a server holds the key store).
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Rotate even if the next key was published less than jwks_max_age ago.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint one run identity token and print it.
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long)]
+    pub org: String,
+    #[arg(long)]
+    pub org_id: String,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub project_id: String,
+    #[arg(long)]
+    pub workspace: String,
+    #[arg(long)]
+    pub workspace_id: String,
+    #[arg(long)]
+    pub run_id: String,
+    /// plan or apply
+    #[arg(long)]
+    pub phase: String,
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Lifetime such as 20m or 2h (default tokens.default_ttl).
+    #[arg(long)]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCommand {
+    /// Print a fresh bearer token and the line to add to the tokens file.
+    New {
+        /// The caller's name, as audit events will show it.
+        #[arg(long, default_value = "tfe")]
+        name: String,
+        /// Comma-separated scopes: tokens, credentials, keys.
+        #[arg(long, default_value = "tokens,credentials,keys")]
+        scopes: String,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::telemetry::init_logging(cli.log_format == LogFormat::Json);
+    let result = match cli.command {
+        Command::Serve(c) => serve(c),
+        Command::CheckConfig(c) => check_config(c),
+        Command::Keys(KeysCommand::List { config, format }) => keys_list(config, format),
+        Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Token(command) => match *command {
+            TokenCommand::Issue(args) => token_issue(args),
+        },
+        Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("tfe-oidc: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// A command's failure: its exit status and what to tell the operator.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Failure {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
+    }
+
+    fn failed(message: impl ToString) -> Failure {
+        Failure {
+            code: EXIT_FAILURE,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<StartError> for Failure {
+    fn from(e: StartError) -> Failure {
+        match e {
+            StartError::Config(_) => Failure::usage(e),
+            _ => Failure::failed(e),
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, Failure> {
+    Config::load(arg.config.as_deref()).map_err(Failure::usage)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("cannot start the runtime: {e}")))
+}
+
+fn serve(arg: ConfigArg) -> Result<(), Failure> {
+    let config = load(&arg)?;
+    runtime()?.block_on(async {
+        let running = service::start(&config, Arc::new(SystemClock)).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn check_config(arg: ConfigArg) -> Result<(), Failure> {
+    let config = load(&arg)?;
+    service::tls_acceptors(&config).map_err(Failure::usage)?;
+    if let Some(path) = &config.tokens_file {
+        auth::ApiTokens::load(path).map_err(|m| {
+            Failure::usage(format!("invalid configuration:\n  - api.tokens_file: {m}"))
+        })?;
+    }
+    print!("{}", crate::config::describe(&config));
+    Ok(())
+}
+
+fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
+    let config = load(&arg)?;
+    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    match format {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&listing(&loaded.set)).expect("json")
+        ),
+        OutputFormat::Text => print!("{}", key_table(&loaded.set)),
+    }
+    Ok(())
+}
+
+fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
+    let config = load(&arg)?;
+    let store = service::open_store(&config).map_err(Failure::failed)?;
+    let manager = KeyManager::start(
+        store,
+        Arc::new(SystemClock),
+        service::policy(&config),
+        Box::new(|_, _| {}),
+    )
+    .map_err(Failure::failed)?;
+    let set = manager.rotate(force).map_err(Failure::failed)?;
+    print!("{}", key_table(&set));
+    Ok(())
+}
+
+fn token_issue(args: IssueArgs) -> Result<(), Failure> {
+    let config = load(&args.config)?;
+    let input = RunInput {
+        organization: NamedInput {
+            id: args.org_id,
+            name: args.org,
+        },
+        project: NamedInput {
+            id: args.project_id,
+            name: args.project,
+        },
+        workspace: NamedInput {
+            id: args.workspace_id,
+            name: args.workspace,
+        },
+        run: RunIdInput {
+            id: args.run_id,
+            phase: args.phase,
+        },
+    };
+    let run = RunContext::parse(&input).map_err(Failure::usage)?;
+    let request = TokenRequest {
+        run,
+        audience: args.audience,
+        ttl: args.ttl,
+    };
+    let issuer = TokenIssuer::new(config.issuer.clone(), config.tokens.clone());
+    issuer.check(&request).map_err(Failure::usage)?;
+    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    let signer = loaded
+        .set
+        .current()
+        .and_then(|c| loaded.signers.get(&c.kid))
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "the key store {} has no current key: start `tfe-oidc serve` once to create it",
+                config.keys.dir.display()
+            ))
+        })?;
+    let issued = issuer
+        .issue(&request, signer, crate::keys::Clock::now(&SystemClock))
+        .map_err(Failure::usage)?;
+    crate::telemetry::Audit::open(config.audit_path.as_deref())
+        .map_err(|e| Failure::failed(format!("audit.path: {e}")))?
+        .token_issued(&issued, "cli");
+    println!("{}", issued.token);
+    Ok(())
+}
+
+fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Failure::usage(
+            "--name must be a non-empty word without spaces",
+        ));
+    }
+    let scopes: Vec<Scope> = scopes
+        .split(',')
+        .map(|s| {
+            Scope::ALL
+                .into_iter()
+                .find(|x| x.as_str() == s.trim())
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "unknown scope {s:?}: use tokens, credentials or keys"
+                    ))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let token = auth::new_token();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "token: {}", token.0);
+    let _ = writeln!(
+        out,
+        "tokens file line: {}",
+        auth::tokens_file_line(&token, name, &scopes)
+    );
+    Ok(())
+}
+
+fn key_table(set: &KeySet) -> String {
+    let time = |t: Option<u64>| match t {
+        Some(t) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+        )
+        .to_string(),
+        None => "-".into(),
+    };
+    let mut out = format!(
+        "{:<43}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}\n",
+        "KID", "STATE", "CREATED", "ACTIVATED", "RETIRED", "VERIFY_UNTIL"
+    );
+    for k in &set.keys {
+        out.push_str(&format!(
+            "{:<43}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}\n",
+            k.kid.as_str(),
+            k.state.as_str(),
+            time(Some(k.created_at)),
+            time(k.activated_at),
+            time(k.retired_at),
+            time(k.verify_until)
+        ));
+    }
+    out
+}

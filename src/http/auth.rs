@@ -1,0 +1,249 @@
+//! Bearer authentication of the API listener (SPEC §7).
+//!
+//! The tokens file holds lines `sha256:<hex> <name> [scope,...]`; bearer tokens are never stored
+//! in clear. A presented token is hashed and compared in constant time against every digest. With
+//! no tokens file, `<keys.dir>/api-token` (mode 0600) holds a development token.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use subtle::ConstantTimeEq;
+
+use crate::discovery::hex;
+
+/// What a caller may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `/v1/tokens`
+    Tokens,
+    /// `/v1/credentials*`
+    Credentials,
+    /// `/v1/keys*`
+    Keys,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Tokens, Scope::Credentials, Scope::Keys];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Tokens => "tokens",
+            Scope::Credentials => "credentials",
+            Scope::Keys => "keys",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// One authorised caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+struct Entry {
+    digest: [u8; 32],
+    caller: Caller,
+}
+
+/// The digests of every accepted bearer token. `Debug` shows only the callers' names.
+pub struct ApiTokens {
+    entries: Vec<Entry>,
+}
+
+impl fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| &e.caller.name))
+            .finish()
+    }
+}
+
+/// A bearer token in clear; its `Debug` is redacted.
+pub struct BearerToken(pub String);
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl ApiTokens {
+    /// Parses a tokens file's text; errors name the line.
+    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+        let mut entries = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            entries.push(parse_line(line).map_err(|m| format!("line {}: {m}", number + 1))?);
+        }
+        if entries.is_empty() {
+            return Err("no tokens: add a line made by `tfe-oidc api-token new`".into());
+        }
+        Ok(ApiTokens { entries })
+    }
+
+    pub fn load(path: &Path) -> Result<ApiTokens, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        ApiTokens::parse(&text).map_err(|m| format!("{}: {m}", path.display()))
+    }
+
+    /// The caller whose token this is, comparing against every digest in constant time.
+    pub fn authenticate(&self, presented: &str) -> Option<&Caller> {
+        let digest = sha256(presented.as_bytes());
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.digest.ct_eq(&digest)) {
+                found = Some(&entry.caller);
+            }
+        }
+        found
+    }
+}
+
+fn parse_line(line: &str) -> Result<Entry, String> {
+    let mut fields = line.split_whitespace();
+    let digest_text = fields.next().unwrap_or_default();
+    let hex_text = digest_text
+        .strip_prefix("sha256:")
+        .ok_or("must start with sha256:<64 hex digits>")?;
+    let digest = decode_hex32(hex_text).ok_or("the digest must be 64 hex digits")?;
+    let name = fields
+        .next()
+        .ok_or("a caller name must follow the digest")?
+        .to_owned();
+    let scopes = match fields.next() {
+        None => Scope::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                Scope::parse(s)
+                    .ok_or_else(|| format!("unknown scope {s:?}: use tokens, credentials or keys"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if fields.next().is_some() {
+        return Err("too many fields: expected `sha256:<hex> <name> [scope,...]`".into());
+    }
+    Ok(Entry {
+        digest,
+        caller: Caller { name, scopes },
+    })
+}
+
+fn decode_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// A fresh random bearer token (256 bits).
+pub fn new_token() -> BearerToken {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random generator works");
+    BearerToken(format!("tfeoidc_{}", B64.encode(bytes)))
+}
+
+/// The tokens-file line that accepts `token` for `name` with `scopes`.
+pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> String {
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    format!(
+        "sha256:{} {name} {}",
+        hex(&sha256(token.0.as_bytes())),
+        scopes.join(",")
+    )
+}
+
+/// The development token: read from `<keys_dir>/api-token`, created (mode 0600) when absent.
+pub fn development_token(keys_dir: &Path) -> io::Result<(PathBuf, ApiTokens)> {
+    let path = keys_dir.join("api-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(text) => BearerToken(text.trim().to_owned()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(keys_dir)?;
+            let token = new_token();
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
+            writeln!(file, "{}", token.0)?;
+            file.sync_all()?;
+            token
+        }
+        Err(e) => return Err(e),
+    };
+    if token.0.len() < 16 {
+        return Err(io::Error::other(format!(
+            "{} holds no usable token: delete it to make a new one",
+            path.display()
+        )));
+    }
+    let line = tokens_file_line(&token, "development", &Scope::ALL);
+    let tokens = ApiTokens::parse(&line).map_err(io::Error::other)?;
+    Ok((path, tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_token_authenticates_through_its_line_only() {
+        let token = new_token();
+        let tokens = ApiTokens::parse(&tokens_file_line(&token, "tfe", &[Scope::Tokens])).unwrap();
+        let caller = tokens.authenticate(&token.0).unwrap();
+        assert_eq!(caller.name, "tfe");
+        assert_eq!(caller.scopes, [Scope::Tokens]);
+        assert!(tokens.authenticate("tfeoidc_wrong").is_none());
+        assert!(!format!("{token:?}").contains(&token.0));
+    }
+
+    #[test]
+    fn malformed_lines_name_their_line() {
+        let err = ApiTokens::parse("# comment\nsha256:zz name\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
+        let digest = "0".repeat(64);
+        assert!(
+            ApiTokens::parse(&format!("sha256:{digest} n bogus"))
+                .unwrap_err()
+                .contains("unknown scope")
+        );
+        assert_eq!(
+            ApiTokens::parse(&format!("sha256:{digest} n"))
+                .unwrap()
+                .entries[0]
+                .caller
+                .scopes
+                .len(),
+            3
+        );
+    }
+}

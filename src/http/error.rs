@@ -1,0 +1,132 @@
+//! The one mapping from API errors to HTTP status, stable error code and JSON body (SPEC §7).
+//!
+//! Every `/v1` handler returns `ApiError`; `IntoResponse` below is the only place a status is
+//! chosen. A 4xx says what is wrong and how to fix it, naming the field; a 5xx says nothing of
+//! the cause (that goes to the log).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::keys::manager::ManagerError;
+use crate::token::claims::FieldError;
+
+/// An error answered by the API listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a value is not acceptable (400).
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        field: Option<String>,
+    },
+    /// No valid bearer token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's token lacks the scope (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such resource (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body exceeds `api.max_body` (413).
+    #[error("the request body exceeds {0} bytes (api.max_body)")]
+    PayloadTooLarge(usize),
+    /// The body is not JSON (415).
+    #[error("send the body as JSON with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The service cannot serve this now, e.g. no signing key (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an environment failure; the detail is logged, never answered (500).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: Option<&str>, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            field: field.map(str::to_owned),
+        }
+    }
+
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> ApiError {
+        ApiError::InvalidRequest {
+            message: e.message,
+            field: Some(e.field),
+        }
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> ApiError {
+        match e {
+            ManagerError::Refused(r) => ApiError::Conflict(r.to_string()),
+            ManagerError::UnknownKid(kid) => ApiError::NotFound(format!(
+                "no key with kid {kid} is in the key set; GET /v1/keys lists them"
+            )),
+            ManagerError::Store(e) => ApiError::Internal(format!("key store: {e}")),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let field = match &self {
+            ApiError::InvalidRequest { field, .. } => field.as_deref(),
+            _ => None,
+        };
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let body = serde_json::to_vec(&Body {
+            error: code,
+            message: self.to_string(),
+            field,
+        })
+        .expect("error bodies serialize");
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

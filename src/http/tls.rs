@@ -1,0 +1,73 @@
+//! TLS for the listeners, through rustls with the aws-lc-rs provider (TLS 1.2 and 1.3).
+//!
+//! Builds a `ServerConfig` from a listener's PEM files, checking that the key matches the
+//! certificate and, with `client_ca`, requiring client certificates from that CA. Errors name the
+//! configuration key at fault so that `check-config` and `serve` can list them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::config::{Problem, TlsFiles};
+
+/// The process-wide crypto provider: aws-lc-rs.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A rustls server configuration for `files`; `section` names the config section in errors.
+pub fn server_config(section: &str, files: &TlsFiles) -> Result<Arc<ServerConfig>, Problem> {
+    let key_of = |name: &str| format!("{section}.{name}");
+    let chain = read_certs(&files.cert).map_err(|m| Problem::new(&key_of("tls_cert"), m))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        Problem::new(
+            &key_of("tls_key"),
+            format!("{}: no PEM private key ({e})", files.key.display()),
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3");
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca).map_err(|m| Problem::new(&key_of("client_ca"), m))? {
+                roots.add(cert).map_err(|e| {
+                    Problem::new(&key_of("client_ca"), format!("{}: {e}", ca.display()))
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| {
+                    Problem::new(&key_of("client_ca"), format!("{}: {e}", ca.display()))
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        Problem::new(
+            &key_of("tls_key"),
+            format!(
+                "does not match {} or is unusable: {e}",
+                files.cert.display()
+            ),
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(certs)
+}

@@ -1,0 +1,248 @@
+//! The single writer of the key set.
+//!
+//! `KeyManager` applies the lifecycle rules, makes each new set durable through its `KeyStore`,
+//! and only then publishes an immutable `KeySnapshot` (a key is never signed with before the set
+//! that publishes it is committed and handed to the publisher). Readers take snapshots and never
+//! wait on the writer. Its methods block (key generation, fsync): call them from
+//! `spawn_blocking`. `run_rotator` is the background task that drives the schedule.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use super::lifecycle::{self, Policy, RotateRefused};
+use super::store::{KeyStore, Loaded, StoreError};
+use super::{Clock, KeyInfo, KeySet, KeySnapshot, Kid};
+
+/// What made the set change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Loaded (and completed if needed) at start.
+    Loaded,
+    /// The current key retired and the next key took over.
+    Rotated,
+    /// Retired keys past their `verify_until` were removed.
+    Expired,
+    /// A key was removed on request.
+    Revoked,
+}
+
+/// Errors of key management.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The store failed; nothing was changed or published.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A manual rotation was refused.
+    #[error(transparent)]
+    Refused(#[from] RotateRefused),
+    /// No key with that kid is in the set.
+    #[error("no key with kid {0} is in the key set")]
+    UnknownKid(Kid),
+}
+
+/// Called with every new snapshot, after it is durable and before it is visible to readers.
+pub type Publisher = Box<dyn Fn(&Arc<KeySnapshot>, Change) + Send + Sync>;
+
+struct Inner {
+    store: Box<dyn KeyStore>,
+    loaded: Loaded,
+}
+
+/// The one writer of the key set; see the module documentation.
+pub struct KeyManager {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    snapshot: ArcSwap<KeySnapshot>,
+    publisher: Publisher,
+}
+
+impl KeyManager {
+    /// Loads the store, completes and brings the set up to date, and publishes it.
+    pub fn start(
+        store: Box<dyn KeyStore>,
+        clock: Arc<dyn Clock>,
+        policy: Policy,
+        publisher: Publisher,
+    ) -> Result<KeyManager, ManagerError> {
+        let mut store = store;
+        let loaded = store.load()?;
+        let empty = Arc::new(KeySnapshot {
+            set: KeySet::default(),
+            signer: None,
+        });
+        let manager = KeyManager {
+            inner: Mutex::new(Inner { store, loaded }),
+            clock,
+            policy,
+            snapshot: ArcSwap::new(empty),
+            publisher,
+        };
+        {
+            let mut inner = manager.lock();
+            let set = inner.loaded.set.clone();
+            let now = manager.clock.now();
+            let completed = manager.complete(&mut inner, &set, now)?;
+            let up_to_date = manager
+                .bring_up_to_date(&mut inner, &completed, now)?
+                .unwrap_or(completed);
+            manager.commit(&mut inner, up_to_date, Change::Loaded)?;
+        }
+        Ok(manager)
+    }
+
+    /// The snapshot readers use now.
+    pub fn snapshot(&self) -> Arc<KeySnapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn now(&self) -> super::UnixTime {
+        self.clock.now()
+    }
+
+    /// Applies what the schedule asks for at the clock's current time. Returns whether the set changed.
+    pub fn tick(&self) -> Result<bool, ManagerError> {
+        let mut inner = self.lock();
+        let set = inner.loaded.set.clone();
+        let now = self.clock.now();
+        let rotated = lifecycle::rotation_due(&set, now, &self.policy);
+        match self.bring_up_to_date(&mut inner, &set, now)? {
+            Some(new) => {
+                let change = if rotated {
+                    Change::Rotated
+                } else {
+                    Change::Expired
+                };
+                self.commit(&mut inner, new, change)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Rotates now, refused while the next key is younger than `jwks_max_age` unless `force`.
+    pub fn rotate(&self, force: bool) -> Result<KeySet, ManagerError> {
+        let mut inner = self.lock();
+        let now = self.clock.now();
+        let set = lifecycle::expire(&inner.loaded.set, now);
+        lifecycle::check_manual_rotation(&set, now, &self.policy, force)?;
+        let new_next = self.create(&mut inner, now)?;
+        let rotated = lifecycle::rotate(&set, now, &self.policy, new_next);
+        self.commit(&mut inner, rotated, Change::Rotated)?;
+        Ok(inner.loaded.set.clone())
+    }
+
+    /// Removes `kid` at once; a missing current or next key is replaced.
+    pub fn revoke(&self, kid: &Kid) -> Result<KeySet, ManagerError> {
+        let mut inner = self.lock();
+        let now = self.clock.now();
+        if !inner.loaded.set.contains(kid) {
+            return Err(ManagerError::UnknownKid(kid.clone()));
+        }
+        let removed = lifecycle::revoke(&inner.loaded.set, kid);
+        let completed = self.complete(&mut inner, &removed, now)?;
+        self.commit(&mut inner, completed, Change::Revoked)?;
+        Ok(inner.loaded.set.clone())
+    }
+
+    /// When the set must next change by itself.
+    pub fn next_deadline(&self) -> Option<super::UnixTime> {
+        lifecycle::next_deadline(&self.snapshot().set, &self.policy)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Expiry plus a rotation when one is due; `None` when nothing changes.
+    fn bring_up_to_date(
+        &self,
+        inner: &mut Inner,
+        set: &KeySet,
+        now: u64,
+    ) -> Result<Option<KeySet>, ManagerError> {
+        let expired = lifecycle::expire(set, now);
+        if lifecycle::rotation_due(&expired, now, &self.policy) && expired.next().is_some() {
+            let new_next = self.create(inner, now)?;
+            return Ok(Some(lifecycle::rotate(
+                &expired,
+                now,
+                &self.policy,
+                new_next,
+            )));
+        }
+        Ok((&expired != set).then_some(expired))
+    }
+
+    fn complete(&self, inner: &mut Inner, set: &KeySet, now: u64) -> Result<KeySet, ManagerError> {
+        let new_keys = (0..lifecycle::missing_keys(set))
+            .map(|_| self.create(inner, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(lifecycle::complete(set, now, new_keys))
+    }
+
+    /// A new key, stored (not yet committed) and kept for signing once the set names it.
+    fn create(&self, inner: &mut Inner, now: u64) -> Result<KeyInfo, ManagerError> {
+        let signer = inner.store.create()?;
+        let info = lifecycle::new_next(signer.kid().clone(), signer.jwk(), now);
+        inner.loaded.signers.insert(signer.kid().clone(), signer);
+        Ok(info)
+    }
+
+    /// Makes `set` durable, drops private parts it no longer needs, then publishes it.
+    fn commit(&self, inner: &mut Inner, set: KeySet, change: Change) -> Result<(), ManagerError> {
+        if let Err(e) = inner.store.commit(&set) {
+            let committed = inner.loaded.set.clone();
+            inner
+                .loaded
+                .signers
+                .retain(|kid, _| committed.contains(kid));
+            return Err(e.into());
+        }
+        inner
+            .loaded
+            .signers
+            .retain(|kid, _| set.get(kid).is_some_and(|k| k.state.has_private_key()));
+        let signer = set
+            .current()
+            .and_then(|c| inner.loaded.signers.get(&c.kid).cloned());
+        inner.loaded.set = set.clone();
+        let snapshot = Arc::new(KeySnapshot { set, signer });
+        (self.publisher)(&snapshot, change);
+        self.snapshot.store(snapshot);
+        Ok(())
+    }
+}
+
+/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most a
+/// minute, so a changed clock or set is noticed), then ticks. A failing store is retried.
+pub async fn run_rotator(manager: Arc<KeyManager>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let wait = match manager.next_deadline() {
+            Some(deadline) => Duration::from_secs(deadline.saturating_sub(manager.now()).min(60)),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
+            _ = shutdown.changed() => return,
+        }
+        let m = Arc::clone(&manager);
+        match tokio::task::spawn_blocking(move || m.tick()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "key rotation failed; the current key keeps signing, retrying in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => tracing::error!(error = %e, "key rotation task panicked"),
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Observability (SPEC §9): logging set-up, Prometheus metrics and the audit trail.
+//!
+//! Metrics are plain atomics and small maps rendered in the Prometheus text format on scrape; the
+//! audit trail is one `tracing` event per issued token plus, when configured, one JSON line per
+//! token appended to `audit.path`. Nothing here ever receives a token, key or secret: audit events
+//! carry the token's identifiers (jti, sub, aud, kid, times), never the token itself.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::token::IssuedToken;
+use crate::token::claims::RunPhase;
+
+/// Starts logging to stderr: JSON lines when `json`, human-readable otherwise. The filter comes
+/// from `TFE_OIDC_LOG` (e.g. `debug`), `info` by default.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TFE_OIDC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+    drop(result); // already initialised (tests): keep the first subscriber
+}
+
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bucket, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if seconds <= *bucket {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+type HttpKey = (&'static str, &'static str, u16);
+
+#[derive(Default)]
+struct Http {
+    requests: BTreeMap<HttpKey, u64>,
+    durations: BTreeMap<(&'static str, &'static str), Histogram>,
+}
+
+/// Gauges read from the key set at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyGauges {
+    pub current_key_age_seconds: u64,
+    pub jwks_keys: usize,
+}
+
+/// The service's counters, shared by every handler.
+#[derive(Default)]
+pub struct Metrics {
+    tokens_plan: AtomicU64,
+    tokens_apply: AtomicU64,
+    token_errors: Mutex<BTreeMap<&'static str, u64>>,
+    key_rotations: AtomicU64,
+    discovery_refused: AtomicU64,
+    http: Mutex<Http>,
+    vault_requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl Metrics {
+    pub fn token_issued(&self, phase: RunPhase) {
+        let counter = match phase {
+            RunPhase::Plan => &self.tokens_plan,
+            RunPhase::Apply => &self.tokens_apply,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn token_error(&self, reason: &'static str) {
+        *lock(&self.token_errors).entry(reason).or_default() += 1;
+    }
+
+    pub fn key_rotated(&self) {
+        self.key_rotations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn discovery_refused(&self) {
+        self.discovery_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn discovery_refused_count(&self) -> u64 {
+        self.discovery_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn http_request(
+        &self,
+        listener: &'static str,
+        route: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let mut http = lock(&self.http);
+        *http.requests.entry((listener, route, status)).or_default() += 1;
+        http.durations
+            .entry((listener, route))
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn vault_request(&self, step: &'static str, outcome: &'static str) {
+        *lock(&self.vault_requests)
+            .entry((step, outcome))
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, keys: KeyGauges) -> String {
+        let mut out = String::with_capacity(4096);
+        family(
+            &mut out,
+            "tfe_oidc_tokens_issued_total",
+            "counter",
+            "Run identity tokens issued, by run phase.",
+        );
+        let _ = writeln!(
+            out,
+            "tfe_oidc_tokens_issued_total{{phase=\"plan\"}} {}",
+            self.tokens_plan.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "tfe_oidc_tokens_issued_total{{phase=\"apply\"}} {}",
+            self.tokens_apply.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "tfe_oidc_token_errors_total",
+            "counter",
+            "Token requests refused, by reason.",
+        );
+        for (reason, n) in lock(&self.token_errors).iter() {
+            let _ = writeln!(
+                out,
+                "tfe_oidc_token_errors_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
+            "tfe_oidc_key_rotations_total",
+            "counter",
+            "Key rotations (scheduled and manual).",
+        );
+        let _ = writeln!(
+            out,
+            "tfe_oidc_key_rotations_total {}",
+            self.key_rotations.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "tfe_oidc_current_key_age_seconds",
+            "gauge",
+            "Seconds since the current key started signing.",
+        );
+        let _ = writeln!(
+            out,
+            "tfe_oidc_current_key_age_seconds {}",
+            keys.current_key_age_seconds
+        );
+        family(
+            &mut out,
+            "tfe_oidc_jwks_keys",
+            "gauge",
+            "Keys in the served JWKS.",
+        );
+        let _ = writeln!(out, "tfe_oidc_jwks_keys {}", keys.jwks_keys);
+        family(
+            &mut out,
+            "tfe_oidc_discovery_refused_total",
+            "counter",
+            "Connections to the discovery listener refused by the allow list.",
+        );
+        let _ = writeln!(
+            out,
+            "tfe_oidc_discovery_refused_total {}",
+            self.discovery_refused.load(Ordering::Relaxed)
+        );
+        self.render_http(&mut out);
+        family(
+            &mut out,
+            "tfe_oidc_vault_requests_total",
+            "counter",
+            "Requests to Vault, by step and outcome.",
+        );
+        for ((step, outcome), n) in lock(&self.vault_requests).iter() {
+            let _ = writeln!(
+                out,
+                "tfe_oidc_vault_requests_total{{step=\"{step}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out
+    }
+
+    fn render_http(&self, out: &mut String) {
+        let http = lock(&self.http);
+        family(
+            out,
+            "tfe_oidc_http_requests_total",
+            "counter",
+            "HTTP requests, by listener, route and status.",
+        );
+        for ((listener, route, status), n) in &http.requests {
+            let _ = writeln!(
+                out,
+                "tfe_oidc_http_requests_total{{listener=\"{listener}\",route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        family(
+            out,
+            "tfe_oidc_http_request_duration_seconds",
+            "histogram",
+            "HTTP request durations.",
+        );
+        for ((listener, route), h) in &http.durations {
+            let labels = format!("listener=\"{listener}\",route=\"{route}\"");
+            for (bucket, count) in BUCKETS.iter().zip(h.counts.iter()) {
+                let _ = writeln!(
+                    out,
+                    "tfe_oidc_http_request_duration_seconds_bucket{{{labels},le=\"{bucket}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "tfe_oidc_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "tfe_oidc_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "tfe_oidc_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The audit trail of issued tokens.
+#[derive(Debug, Default)]
+pub struct Audit {
+    file: Option<Mutex<File>>,
+}
+
+impl Audit {
+    /// Appends to `path` (created with mode 0600) when given; logs only otherwise.
+    pub fn open(path: Option<&Path>) -> std::io::Result<Audit> {
+        let file = match path {
+            Some(path) => Some(Mutex::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?,
+            )),
+            None => None,
+        };
+        Ok(Audit { file })
+    }
+
+    /// Records that `issued` was handed to `caller`.
+    pub fn token_issued(&self, issued: &IssuedToken, caller: &str) {
+        let c = &issued.claims;
+        tracing::info!(
+            target: "audit",
+            event = "token_issued",
+            jti = %c.jti, sub = %c.sub, aud = %c.aud, kid = %issued.kid,
+            iat = c.iat, exp = c.exp, caller = %caller,
+            "token issued"
+        );
+        if let Some(file) = &self.file {
+            let line = serde_json::json!({
+                "event": "token_issued", "jti": c.jti, "sub": c.sub, "aud": c.aud, "kid": issued.kid.as_str(),
+                "iat": c.iat, "exp": c.exp, "caller": caller,
+            });
+            let mut text = line.to_string();
+            text.push('\n');
+            if let Err(e) = lock(file).write_all(text.as_bytes()) {
+                tracing::error!(error = %e, "cannot append to the audit file");
+            }
+        }
+    }
+}
