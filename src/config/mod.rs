@@ -247,7 +247,7 @@ fn build(raw: &Raw, problems: &mut Vec<Problem>) -> Option<Config> {
         problems.push(Problem::new("api.max_body", "must be between 1B and 16MiB"));
     }
     let (discovery, api, tokens, keys) = (discovery?, api?, tokens?, keys?);
-    if discovery.listen == api.listen {
+    if discovery.listen == api.listen && discovery.listen.port() != 0 {
         problems.push(Problem::new(
             "api.listen",
             "must differ from discovery.listen",

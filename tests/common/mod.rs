@@ -1,0 +1,373 @@
+//! The shared test harness: a real service on real loopback sockets, a real key store in a
+//! temporary directory, test PKI made at run time, HTTP clients, and the external tools (Python
+//! JOSE verifiers, the `bao` server) that the tests drive.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Once};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tfe_oidc::config::Config;
+use tfe_oidc::http::auth::{Scope, new_token, tokens_file_line};
+use tfe_oidc::keys::{Clock, FakeClock, SystemClock};
+use tfe_oidc::service::{self, Running};
+
+/// Installs aws-lc-rs as the process's rustls provider (reqwest is built without one).
+pub fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA made at test time, with a server certificate for 127.0.0.1 and localhost and a client
+/// certificate, written as PEM files into `dir`.
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub ca_pem: String,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tfe-oidc test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client.distinguished_name.push(DnType::CommonName, "vault");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client.signed_by(&client_key, &issuer).unwrap();
+
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        TestPki {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server_cert.pem()),
+            server_key: write("server-key.pem", server_key.serialize_pem()),
+            client_cert: write("client.pem", client_cert.pem()),
+            client_key: write("client-key.pem", client_key.serialize_pem()),
+            ca_pem: ca_cert.pem(),
+        }
+    }
+}
+
+/// API bearer tokens of the test server, one per scope set.
+#[derive(Debug, Clone)]
+pub struct ApiTokens {
+    pub all: String,
+    pub tokens_only: String,
+    pub keys_only: String,
+}
+
+/// A service running in this process, on a fresh key directory, with its own ports.
+pub struct TestServer {
+    pub dir: TempDir,
+    pub config: Config,
+    pub running: Running,
+    pub tokens: ApiTokens,
+    pub clock: Option<FakeClock>,
+    pub pki: Option<TestPki>,
+}
+
+/// How to start a test server.
+#[derive(Default)]
+pub struct Options {
+    /// TOML appended to the generated configuration (its own sections).
+    pub extra_toml: String,
+    /// TOML keys added to the `[discovery]` section.
+    pub discovery_toml: String,
+    /// A fake clock for the key manager and issuance; the system clock otherwise.
+    pub clock: Option<FakeClock>,
+    /// Serve the discovery listener over TLS with a test CA.
+    pub tls: bool,
+    /// Start on this existing key directory instead of a new one.
+    pub dir: Option<TempDir>,
+}
+
+impl TestServer {
+    pub async fn start(options: Options) -> TestServer {
+        init_crypto();
+        let dir = options.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let pki = options.tls.then(|| TestPki::new(dir.path()));
+        let tokens = write_tokens_file(dir.path());
+        let config = test_config(
+            dir.path(),
+            pki.as_ref(),
+            &options.discovery_toml,
+            &options.extra_toml,
+        );
+        let clock: Arc<dyn Clock> = match &options.clock {
+            Some(fake) => Arc::new(fake.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let running = service::start(&config, clock)
+            .await
+            .unwrap_or_else(|e| panic!("service did not start: {e}"));
+        TestServer {
+            dir,
+            config,
+            running,
+            tokens,
+            clock: options.clock,
+            pki,
+        }
+    }
+
+    pub async fn stop(self) -> TempDir {
+        self.running.shutdown().await;
+        self.dir
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.api_addr)
+    }
+
+    pub fn discovery_url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.issuer)
+    }
+
+    /// A client that trusts the test CA when the discovery listener has TLS.
+    pub fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pki) = &self.pki {
+            builder = builder.add_root_certificate(
+                reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap(),
+            );
+        }
+        builder.build().unwrap()
+    }
+
+    /// `POST /v1/tokens` with the all-scopes token; returns status and JSON body.
+    pub async fn post_token(&self, body: &Value) -> (u16, Value) {
+        let response = self
+            .client()
+            .post(self.api_url("/v1/tokens"))
+            .bearer_auth(&self.tokens.all)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Mints a token for `workspace` in `phase`, panicking unless the API answers 200.
+    pub async fn mint(&self, workspace: &str, phase: &str) -> Value {
+        let (status, body) = self.post_token(&run_body("acme", workspace, phase)).await;
+        assert_eq!(status, 200, "minting failed: {body}");
+        body
+    }
+
+    pub async fn jwks(&self) -> Value {
+        self.client()
+            .get(self.discovery_url("/.well-known/jwks"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// The TOML of a test configuration on free loopback ports.
+pub fn test_config(
+    dir: &Path,
+    pki: Option<&TestPki>,
+    discovery_toml: &str,
+    extra_toml: &str,
+) -> Config {
+    let text = test_config_text(dir, pki, discovery_toml, extra_toml);
+    Config::from_parts(&text, &[], None)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"))
+}
+
+pub fn test_config_text(
+    dir: &Path,
+    pki: Option<&TestPki>,
+    discovery_toml: &str,
+    extra_toml: &str,
+) -> String {
+    let (dport, aport) = (free_port(), free_port());
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let tls = match pki {
+        Some(p) => format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            p.server_cert, p.server_key
+        ),
+        None => String::new(),
+    };
+    format!(
+        "issuer = \"{scheme}://127.0.0.1:{dport}\"\n{extra_toml}\n\
+         [discovery]\nlisten = \"127.0.0.1:{dport}\"\n{tls}{discovery_toml}\n\
+         [api]\nlisten = \"127.0.0.1:{aport}\"\ntokens_file = {:?}\n\
+         [keys]\ndir = {:?}\n",
+        dir.join("api-tokens"),
+        dir.join("keys"),
+    )
+}
+
+/// Writes `<dir>/api-tokens` with three callers and returns their bearer tokens.
+pub fn write_tokens_file(dir: &Path) -> ApiTokens {
+    let (all, tokens_only, keys_only) = (new_token(), new_token(), new_token());
+    let text = format!(
+        "# test callers\n{}\n{}\n{}\n",
+        tokens_file_line(&all, "tfe", &Scope::ALL),
+        tokens_file_line(&tokens_only, "runner", &[Scope::Tokens]),
+        tokens_file_line(&keys_only, "operator", &[Scope::Keys]),
+    );
+    std::fs::write(dir.join("api-tokens"), text).unwrap();
+    ApiTokens {
+        all: all.0,
+        tokens_only: tokens_only.0,
+        keys_only: keys_only.0,
+    }
+}
+
+/// A valid `POST /v1/tokens` body.
+pub fn run_body(org: &str, workspace: &str, phase: &str) -> Value {
+    json!({
+        "organization": {"id": "org-GRNbCjYNpBB6NEH9", "name": org},
+        "project": {"id": "prj-vegSA59s1XPwMr2t", "name": "Default Project"},
+        "workspace": {"id": "ws-mbsd5E3Ktt5Rg2Xm", "name": workspace},
+        "run": {"id": "run-X3n1AUXNGWbfECsJ", "phase": phase},
+    })
+}
+
+/// The path of an external tool, or `None` when it is missing and skipping is allowed
+/// (`TFE_OIDC_ALLOW_SKIP=1`, never in CI). Otherwise a missing tool fails the test.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    if found.is_some() {
+        return found;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !in_ci && std::env::var("TFE_OIDC_ALLOW_SKIP").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {name} is not installed (TFE_OIDC_ALLOW_SKIP=1)");
+        return None;
+    }
+    panic!(
+        "{name} is not installed: run scripts/test, which installs it (or set TFE_OIDC_ALLOW_SKIP=1 on a developer machine)"
+    );
+}
+
+/// Whether the Python JOSE libraries are importable (same skip rules as `require_tool`).
+pub fn require_python_jose() -> bool {
+    if require_tool("python3").is_none() {
+        return false;
+    }
+    let ok = Command::new("python3")
+        .args(["-c", "import jwt, joserfc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !in_ci && std::env::var("TFE_OIDC_ALLOW_SKIP").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: PyJWT/joserfc are not installed (TFE_OIDC_ALLOW_SKIP=1)");
+        return false;
+    }
+    panic!("PyJWT and joserfc are not installed: run scripts/test, which installs them");
+}
+
+/// Verifies `tokens` with PyJWT and joserfc against the JWKS at `jwks_url`; one result per token.
+pub fn verify_with_python(
+    jwks_url: &str,
+    issuer: &str,
+    audience: &str,
+    ca: Option<&Path>,
+    tokens: &[String],
+) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jose/verify.py");
+    let mut command = Command::new("python3");
+    command.arg(script).args([
+        "--jwks-url",
+        jwks_url,
+        "--issuer",
+        issuer,
+        "--audience",
+        audience,
+    ]);
+    if let Some(ca) = ca {
+        command.arg("--ca").arg(ca);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for token in tokens {
+            writeln!(stdin, "{token}").unwrap();
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let results: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        results.len(),
+        tokens.len(),
+        "verify.py answered {} of {} tokens; stderr: {}",
+        results.len(),
+        tokens.len(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    results
+}
+
+/// The `tfe-oidc` binary cargo built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tfe-oidc"))
+}
