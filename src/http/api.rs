@@ -143,9 +143,12 @@ async fn revoke_key(
     tracing::warn!(target: "audit", event = "key_revoked", caller = %caller.name, kid = %kid, "key revoked");
     let mut body = listing(&set);
     body["revoked"] = kid.as_str().into();
-    body["note"] = "the key is no longer published; Vault keeps trusting it until it refetches the JWKS, which a login with a token whose kid it does not know triggers (any token signed after this revocation, if the current key was revoked), or a rewrite of auth/jwt/config".into();
+    body["note"] = REVOKE_NOTE.into();
     Ok(Json(body).into_response())
 }
+
+/// What a revocation does and does not do to a verifier's cache.
+const REVOKE_NOTE: &str = "the key is no longer published, but Vault keeps trusting it until it refetches the JWKS: it does so only when a login presents a token whose kid it has not cached (or whose signature fails), or when auth/jwt/config is rewritten; rewrite the config to make Vault drop the key now";
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let published = state.published.load();
