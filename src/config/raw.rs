@@ -54,7 +54,15 @@ pub const SCHEMA: &[(&str, Kind)] = &[
 ];
 
 /// Environment variables that start with `TFE_OIDC_` but are not configuration keys.
-const NOT_KEYS: &[&str] = &["TFE_OIDC_CONFIG", "TFE_OIDC_LOG_FORMAT", "TFE_OIDC_LOG"];
+const NOT_KEYS: &[&str] = &[
+    "TFE_OIDC_CONFIG",
+    "TFE_OIDC_LOG_FORMAT",
+    "TFE_OIDC_LOG",
+    // read by scripts/test and the test suite, never by the service
+    "TFE_OIDC_ALLOW_SKIP",
+    "TFE_OIDC_SKIP_INSTALL",
+    "TFE_OIDC_TEST_THREADS",
+];
 
 /// The environment variable that overrides `path`: `keys.dir` → `TFE_OIDC_KEYS_DIR`.
 pub fn env_name(path: &str) -> String {

@@ -184,7 +184,11 @@ impl KeyStore for FileStore {
         };
         let bytes = serde_json::to_vec_pretty(&manifest).expect("a key set always serializes");
         write_atomic(&self.dir, MANIFEST, &bytes)?;
-        self.remove_unneeded(set)
+        // The set is committed; a private part that cannot be deleted now is deleted at next open.
+        if let Err(e) = self.remove_unneeded(set) {
+            tracing::error!(error = %e, "a retired private key could not be destroyed yet; it will be at the next start");
+        }
+        Ok(())
     }
 }
 
