@@ -240,11 +240,17 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        // A syntax error (or a truncated body) is no one field's fault, wherever it stopped.
+        let malformed = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
         let message = inner.to_string();
         let missing = message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next());
         let field = match (path.as_str(), missing) {
+            _ if malformed => String::new(),
             (".", Some(name)) => name.to_owned(),
             (_, Some(name)) => format!("{path}.{name}"),
             (".", None) => String::new(),
@@ -289,5 +295,7 @@ mod tests {
             Some("organization.id")
         );
         assert_eq!(field_of("not json"), None);
+        assert_eq!(field_of(r#"{"organization": "#), None);
+        assert_eq!(field_of(r#"{"run": {"id": "run-a", "phase": plan}}"#), None);
     }
 }
