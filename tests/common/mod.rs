@@ -15,6 +15,8 @@ use tfe_oidc::http::auth::{Scope, new_token, tokens_file_line};
 use tfe_oidc::keys::{Clock, FakeClock, SystemClock};
 use tfe_oidc::service::{self, Running};
 
+pub mod bao;
+
 /// Installs aws-lc-rs as the process's rustls provider (reqwest is built without one).
 pub fn init_crypto() {
     static ONCE: Once = Once::new();
@@ -113,14 +115,16 @@ pub struct Options {
     pub extra_toml: String,
     /// TOML keys added to the `[discovery]` section.
     pub discovery_toml: String,
+    /// TOML keys added to the `[api]` section (e.g. `max_body = "1KiB"`).
+    pub api_toml: String,
+    /// TOML keys added to the `[keys]` section (e.g. `rotation_period = "4s"`).
+    pub keys_toml: String,
     /// A fake clock for the key manager and issuance; the system clock otherwise.
     pub clock: Option<FakeClock>,
     /// Serve the discovery listener over TLS with a test CA.
     pub tls: bool,
     /// Start on this existing key directory instead of a new one.
     pub dir: Option<TempDir>,
-    /// With `tls`: require client certificates from the test CA (`client_ca = <pki.ca>`).
-    pub client_ca: bool,
 }
 
 impl TestServer {
@@ -129,17 +133,17 @@ impl TestServer {
         let dir = options.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let pki = options.tls.then(|| TestPki::new(dir.path()));
         let tokens = write_tokens_file(dir.path());
-        let discovery_toml = match (&pki, options.client_ca) {
-            (Some(p), true) => format!("client_ca = {:?}\n{}", p.ca, options.discovery_toml),
-            (None, true) => panic!("Options.client_ca needs Options.tls"),
-            (_, false) => options.discovery_toml.clone(),
-        };
-        let config = test_config(
+        let text = test_config_text_with(
             dir.path(),
             pki.as_ref(),
-            &discovery_toml,
+            &options.discovery_toml,
+            &options.api_toml,
             &options.extra_toml,
         );
+        // The generated text ends inside the `[keys]` section.
+        let text = format!("{text}{}\n", options.keys_toml);
+        let config = Config::from_parts(&text, &[], None)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let clock: Arc<dyn Clock> = match &options.clock {
             Some(fake) => Arc::new(fake.clone()),
             None => Arc::new(SystemClock),
@@ -160,6 +164,19 @@ impl TestServer {
     pub async fn stop(self) -> TempDir {
         self.running.shutdown().await;
         self.dir
+    }
+
+    /// Stops the service but keeps everything needed to start it again exactly as it was: the
+    /// key directory, the configuration (ports, issuer), the TLS files and the API tokens.
+    pub async fn pause(self) -> Stopped {
+        self.running.shutdown().await;
+        Stopped {
+            dir: self.dir,
+            config: self.config,
+            tokens: self.tokens,
+            clock: self.clock,
+            pki: self.pki,
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -218,6 +235,36 @@ impl TestServer {
     }
 }
 
+/// A test server stopped by `TestServer::pause`.
+pub struct Stopped {
+    pub dir: TempDir,
+    pub config: Config,
+    pub tokens: ApiTokens,
+    pub clock: Option<FakeClock>,
+    pub pki: Option<TestPki>,
+}
+
+impl Stopped {
+    /// Starts the service again on the same key directory, ports, issuer, TLS files and tokens.
+    pub async fn start(self) -> TestServer {
+        let clock: Arc<dyn Clock> = match &self.clock {
+            Some(fake) => Arc::new(fake.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let running = service::start(&self.config, clock)
+            .await
+            .unwrap_or_else(|e| panic!("service did not restart: {e}"));
+        TestServer {
+            dir: self.dir,
+            config: self.config,
+            running,
+            tokens: self.tokens,
+            clock: self.clock,
+            pki: self.pki,
+        }
+    }
+}
+
 /// The TOML of a test configuration on free loopback ports.
 pub fn test_config(
     dir: &Path,
@@ -236,6 +283,17 @@ pub fn test_config_text(
     discovery_toml: &str,
     extra_toml: &str,
 ) -> String {
+    test_config_text_with(dir, pki, discovery_toml, "", extra_toml)
+}
+
+/// `test_config_text` with extra keys in the `[api]` section too.
+pub fn test_config_text_with(
+    dir: &Path,
+    pki: Option<&TestPki>,
+    discovery_toml: &str,
+    api_toml: &str,
+    extra_toml: &str,
+) -> String {
     let (dport, aport) = (free_port(), free_port());
     let scheme = if pki.is_some() { "https" } else { "http" };
     let tls = match pki {
@@ -248,7 +306,7 @@ pub fn test_config_text(
     format!(
         "issuer = \"{scheme}://127.0.0.1:{dport}\"\n{extra_toml}\n\
          [discovery]\nlisten = \"127.0.0.1:{dport}\"\n{tls}{discovery_toml}\n\
-         [api]\nlisten = \"127.0.0.1:{aport}\"\ntokens_file = {:?}\n\
+         [api]\nlisten = \"127.0.0.1:{aport}\"\ntokens_file = {:?}\n{api_toml}\n\
          [keys]\ndir = {:?}\n",
         dir.join("api-tokens"),
         dir.join("keys"),
