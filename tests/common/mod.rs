@@ -125,6 +125,8 @@ pub struct Options {
     pub tls: bool,
     /// Start on this existing key directory instead of a new one.
     pub dir: Option<TempDir>,
+    /// With `tls`: require client certificates from the test CA (`client_ca = <pki.ca>`).
+    pub client_ca: bool,
 }
 
 impl TestServer {
@@ -133,10 +135,15 @@ impl TestServer {
         let dir = options.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let pki = options.tls.then(|| TestPki::new(dir.path()));
         let tokens = write_tokens_file(dir.path());
+        let discovery_toml = match (&pki, options.client_ca) {
+            (Some(p), true) => format!("client_ca = {:?}\n{}", p.ca, options.discovery_toml),
+            (None, true) => panic!("Options.client_ca needs Options.tls"),
+            (_, false) => options.discovery_toml.clone(),
+        };
         let text = test_config_text_with(
             dir.path(),
             pki.as_ref(),
-            &options.discovery_toml,
+            &discovery_toml,
             &options.api_toml,
             &options.extra_toml,
         );
