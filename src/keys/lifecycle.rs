@@ -55,6 +55,7 @@ pub fn new_next(kid: Kid, jwk: super::PublicJwk, now: UnixTime) -> KeyInfo {
         activated_at: None,
         retired_at: None,
         verify_until: None,
+        max_token_ttl: None,
         jwk,
     }
 }
@@ -91,24 +92,39 @@ pub fn check_manual_rotation(
 }
 
 /// The current key retires, the next key signs, `new_next` is published.
+///
+/// The retiring key stays published until the longest-lived token it may have signed has
+/// expired: `max_ttl` now, or a longer one recorded while it was current (see `record_max_ttl`).
 pub fn rotate(set: &KeySet, now: UnixTime, policy: &Policy, new_next: KeyInfo) -> KeySet {
     let mut out = set.clone();
     for key in &mut out.keys {
         match key.state {
             KeyState::Current => {
+                let ttl = policy.max_ttl.max(key.max_token_ttl.unwrap_or(0));
                 key.state = KeyState::Retired;
                 key.retired_at = Some(now);
-                key.verify_until = Some(now + policy.max_ttl + RETIRE_MARGIN_SECS);
+                key.verify_until = Some(now + ttl + RETIRE_MARGIN_SECS);
             }
             KeyState::Next => {
                 key.state = KeyState::Current;
                 key.activated_at = Some(now);
+                key.max_token_ttl = Some(policy.max_ttl);
             }
             KeyState::Retired => {}
         }
     }
     out.keys.push(new_next);
     out.sort();
+    out
+}
+
+/// Records on the current key that it may sign tokens living `policy.max_ttl` (never lowering
+/// what an earlier run with a longer `max_ttl` recorded), so that its retirement covers them.
+pub fn record_max_ttl(set: &KeySet, policy: &Policy) -> KeySet {
+    let mut out = set.clone();
+    for key in out.keys.iter_mut().filter(|k| k.state == KeyState::Current) {
+        key.max_token_ttl = Some(policy.max_ttl.max(key.max_token_ttl.unwrap_or(0)));
+    }
     out
 }
 

@@ -198,8 +198,10 @@ impl KeyManager {
         Ok(info)
     }
 
-    /// Makes `set` durable, drops private parts it no longer needs, then publishes it.
+    /// Makes `set` durable, drops private parts it no longer needs, then publishes it. The current
+    /// key is recorded as signing with this manager's `max_ttl` before anything can sign with it.
     fn commit(&self, inner: &mut Inner, set: KeySet, change: Change) -> Result<(), ManagerError> {
+        let set = lifecycle::record_max_ttl(&set, &self.policy);
         if let Err(e) = inner.store.commit(&set) {
             let committed = inner.loaded.set.clone();
             inner

@@ -135,6 +135,11 @@ pub struct KeyInfo {
     pub retired_at: Option<UnixTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_until: Option<UnixTime>,
+    /// The longest lifetime, in seconds, of a token this key may have signed: the largest
+    /// `tokens.max_ttl` of any key manager that ran while it was current. Retirement keeps the key
+    /// published at least that long, even if `max_ttl` was shortened across a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl: Option<u64>,
     pub jwk: PublicJwk,
 }
 
