@@ -291,12 +291,16 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
         audience: args.audience,
         ttl: args.ttl,
     };
-    let issuer = TokenIssuer::new(config.issuer.clone(), config.tokens.clone());
-    issuer.check(&request).map_err(Failure::usage)?;
     let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
-    let signer = loaded
-        .set
-        .current()
+    let current = loaded.set.current();
+    // Never outlive what the key's retirement will cover: the server's max_ttl recorded on it.
+    let mut policy = config.tokens.clone();
+    if let Some(recorded) = current.and_then(|c| c.max_token_ttl) {
+        policy.max_ttl = policy.max_ttl.min(std::time::Duration::from_secs(recorded));
+    }
+    let issuer = TokenIssuer::new(config.issuer.clone(), policy);
+    issuer.check(&request).map_err(Failure::usage)?;
+    let signer = current
         .and_then(|c| loaded.signers.get(&c.kid))
         .ok_or_else(|| {
             Failure::failed(format!(

@@ -162,7 +162,7 @@ impl Config {
 /// configuration holds no secret (tokens are stored as digests, keys live in the key store), so
 /// nothing needs redacting; file paths are shown, never their contents.
 pub fn describe(c: &Config) -> String {
-    let d = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+    let d = |d: Duration| format!("\"{}\"", short_duration(d));
     let path = |p: &Option<PathBuf>| {
         p.as_ref().map_or("(none)".to_owned(), |p| {
             format!("{:?}", p.display().to_string())
@@ -232,6 +232,18 @@ pub fn describe(c: &Config) -> String {
         list(&c.exchange.allowed_vault_addrs)
     ));
     lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// A duration in the largest whole unit of the config's own forms (`90s`, `20m`, `24h`, `30d`).
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => "0s".to_owned(),
+        s if s % 86400 == 0 && s >= 7 * 86400 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn build(raw: &Raw, problems: &mut Vec<Problem>) -> Option<Config> {

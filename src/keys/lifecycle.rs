@@ -60,14 +60,18 @@ pub fn new_next(kid: Kid, jwk: super::PublicJwk, now: UnixTime) -> KeyInfo {
     }
 }
 
-/// Whether the current key has signed for a whole rotation period.
+/// When the next scheduled rotation is due: once the current key has signed for a whole
+/// rotation period, and never before the next key has been published for `jwks_max_age` (a next
+/// key made by a revocation shortly before the period ends waits that long).
+pub fn rotation_at(set: &KeySet, policy: &Policy) -> Option<UnixTime> {
+    let (current, next) = (set.current()?, set.next()?);
+    let period_end = current.activated_at.unwrap_or(current.created_at) + policy.rotation_period;
+    Some(period_end.max(next.created_at + policy.jwks_max_age))
+}
+
+/// Whether a scheduled rotation is due at `now`.
 pub fn rotation_due(set: &KeySet, now: UnixTime, policy: &Policy) -> bool {
-    match set.current() {
-        Some(current) => {
-            current.activated_at.unwrap_or(current.created_at) + policy.rotation_period <= now
-        }
-        None => true,
-    }
+    rotation_at(set, policy).is_some_and(|at| at <= now)
 }
 
 /// Whether a manual rotation may go ahead now.
@@ -104,6 +108,7 @@ pub fn rotate(set: &KeySet, now: UnixTime, policy: &Policy, new_next: KeyInfo) -
                 key.state = KeyState::Retired;
                 key.retired_at = Some(now);
                 key.verify_until = Some(now + ttl + RETIRE_MARGIN_SECS);
+                key.max_token_ttl = Some(ttl);
             }
             KeyState::Next => {
                 key.state = KeyState::Current;
@@ -184,9 +189,6 @@ pub fn complete(set: &KeySet, now: UnixTime, new_keys: Vec<KeyInfo>) -> KeySet {
 
 /// The next instant at which the set must change by itself: a rotation or a removal.
 pub fn next_deadline(set: &KeySet, policy: &Policy) -> Option<UnixTime> {
-    let rotation = set
-        .current()
-        .map(|c| c.activated_at.unwrap_or(c.created_at) + policy.rotation_period);
     let removal = set.keys.iter().filter_map(|k| k.verify_until).min();
-    [rotation, removal].into_iter().flatten().min()
+    [rotation_at(set, policy), removal].into_iter().flatten().min()
 }

@@ -171,7 +171,7 @@ impl KeyManager {
         now: u64,
     ) -> Result<Option<KeySet>, ManagerError> {
         let expired = lifecycle::expire(set, now);
-        if lifecycle::rotation_due(&expired, now, &self.policy) && expired.next().is_some() {
+        if lifecycle::rotation_due(&expired, now, &self.policy) {
             let new_next = self.create(inner, now)?;
             return Ok(Some(lifecycle::rotate(
                 &expired,
