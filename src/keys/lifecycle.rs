@@ -190,5 +190,8 @@ pub fn complete(set: &KeySet, now: UnixTime, new_keys: Vec<KeyInfo>) -> KeySet {
 /// The next instant at which the set must change by itself: a rotation or a removal.
 pub fn next_deadline(set: &KeySet, policy: &Policy) -> Option<UnixTime> {
     let removal = set.keys.iter().filter_map(|k| k.verify_until).min();
-    [rotation_at(set, policy), removal].into_iter().flatten().min()
+    [rotation_at(set, policy), removal]
+        .into_iter()
+        .flatten()
+        .min()
 }
