@@ -365,7 +365,7 @@ fn check_config_without_a_file_prints_the_embedded_loopback_defaults() {
         "api.max_body = 65536",
         "tokens.default_audience = \"vault.workload.identity\"",
         "tokens.default_ttl = \"2h\"",
-        "tokens.max_ttl = \"1day\"",
+        "tokens.max_ttl = \"24h\"",
         "keys.dir = \"keys\"",
         "keys.rsa_bits = 2048",
         "audit.path = (none)",
