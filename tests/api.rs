@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{Options, TestServer, run_body};
+use common::{Options, TestServer, jwks_kids, run_body};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use tfe_oidc::keys::{Clock, FakeClock, SystemClock};
@@ -67,15 +67,6 @@ fn kid_in_state(list: &Value, state: &str) -> String {
     let matching: Vec<&Value> = keys.iter().filter(|k| k["state"] == state).collect();
     assert_eq!(matching.len(), 1, "exactly one {state} key in {list}");
     matching[0]["kid"].as_str().unwrap().to_owned()
-}
-
-fn jwks_kids(jwks: &Value) -> BTreeSet<String> {
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Posts a raw admin call with the keys-only caller; returns status, Content-Type and JSON body.

@@ -98,26 +98,10 @@ impl Setup {
     }
 
     fn issue_args(&self, phase: &str) -> Command {
-        self.command(&[
-            "token",
-            "issue",
-            "--org",
-            "acme",
-            "--org-id",
-            "org-GRNbCjYNpBB6NEH9",
-            "--project",
-            "Default Project",
-            "--project-id",
-            "prj-vegSA59s1XPwMr2t",
-            "--workspace",
-            "prod",
-            "--workspace-id",
-            "ws-mbsd5E3Ktt5Rg2Xm",
-            "--run-id",
-            "run-X3n1AUXNGWbfECsJ",
-            "--phase",
-            phase,
-        ])
+        let mut args = vec!["token", "issue"];
+        args.extend_from_slice(common::RUN_FLAGS);
+        args.extend(["--phase", phase]);
+        self.command(&args)
     }
 }
 
@@ -320,12 +304,7 @@ fn jwks_kids(discovery: SocketAddr) -> Vec<String> {
     let (status, _, body) = http(discovery, "GET", "/.well-known/jwks", &[], b"");
     assert_eq!(status, 200);
     let jwks: Value = serde_json::from_str(&body).unwrap();
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
+    common::jwks_kids(&jwks).into_iter().collect()
 }
 
 fn token_kid(token: &str) -> String {

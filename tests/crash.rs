@@ -95,33 +95,13 @@ fn unix_now() -> u64 {
 }
 
 fn issue_args(config: &Path, ttl_secs: u64) -> Vec<String> {
-    [
-        "token",
-        "issue",
-        "--config",
-        config.to_str().unwrap(),
-        "--org",
-        "acme",
-        "--org-id",
-        "org-GRNbCjYNpBB6NEH9",
-        "--project",
-        "Default Project",
-        "--project-id",
-        "prj-vegSA59s1XPwMr2t",
-        "--workspace",
-        "prod",
-        "--workspace-id",
-        "ws-mbsd5E3Ktt5Rg2Xm",
-        "--run-id",
-        "run-X3n1AUXNGWbfECsJ",
-        "--phase",
-        "apply",
-        "--ttl",
-    ]
-    .into_iter()
-    .map(String::from)
-    .chain([format!("{ttl_secs}s")])
-    .collect()
+    ["token", "issue", "--config", config.to_str().unwrap()]
+        .into_iter()
+        .chain(common::RUN_FLAGS.iter().copied())
+        .chain(["--phase", "apply", "--ttl"])
+        .map(String::from)
+        .chain([format!("{ttl_secs}s")])
+        .collect()
 }
 
 fn issue_command(config: &Path, ttl_secs: u64) -> Command {

@@ -18,7 +18,7 @@ use tfe_oidc::discovery::Documents;
 use tfe_oidc::keys::{KeyInfo, KeySet, KeyState, Kid, PublicJwk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{Options, TestPki, TestServer, require_tool};
+use common::{Options, TestPki, TestServer, jwks_kids, require_tool};
 
 const CONFIGURATION: &str = "/.well-known/openid-configuration";
 const JWKS: &str = "/.well-known/jwks";
@@ -99,15 +99,6 @@ async fn kids_in_state(server: &TestServer, state: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|k| k["state"] == state)
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn served_kids(jwks: &Value) -> BTreeSet<String> {
-    jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -253,7 +244,7 @@ async fn served_jwks_holds_next_and_current_with_public_members_only_and_thumbpr
         assert_eq!(kid.len(), 43);
         assert_eq!(kid, rfc7638_thumbprint(n, e), "kid is not the thumbprint");
     }
-    let served = served_kids(&jwks);
+    let served = jwks_kids(&jwks);
     let (current, next) = (
         kids_in_state(&server, "current").await,
         kids_in_state(&server, "next").await,
@@ -437,7 +428,7 @@ async fn forced_rotation_publishes_three_keys_under_a_new_jwks_etag() {
     let server = TestServer::start(Options::default()).await;
     let before = get(&server, JWKS, None).await;
     let old_tag = header(&before, ETAG).to_owned();
-    let old_kids = served_kids(&before.json().await.unwrap());
+    let old_kids = jwks_kids(&before.json().await.unwrap());
     let old_current = kids_in_state(&server, "current").await.remove(0);
     let old_next = kids_in_state(&server, "next").await.remove(0);
     let config_tag = header(&get(&server, CONFIGURATION, None).await, ETAG).to_owned();
@@ -456,7 +447,7 @@ async fn forced_rotation_publishes_three_keys_under_a_new_jwks_etag() {
     let new_tag = header(&after, ETAG).to_owned();
     assert_ne!(new_tag, old_tag);
     let jwks: Value = after.json().await.unwrap();
-    let kids = served_kids(&jwks);
+    let kids = jwks_kids(&jwks);
     assert_eq!(kids.len(), 3, "{jwks}");
     assert!(kids.is_superset(&old_kids), "a rotation unpublished a key");
     assert_eq!(kids_in_state(&server, "current").await, [old_next]);

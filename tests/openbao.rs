@@ -147,12 +147,7 @@ async fn published_kids(server: &TestServer) -> BTreeSet<String> {
         .unwrap()
         .entry(service_id(server))
         .or_default() += 1;
-    server.jwks().await["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect()
+    common::jwks_kids(&server.jwks().await)
 }
 
 /// `POST` to a keys route with the all-scopes token.

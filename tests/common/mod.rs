@@ -3,6 +3,7 @@
 //! JOSE verifiers, the `bao` server) that the tests drive.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -346,6 +347,34 @@ pub fn run_body(org: &str, workspace: &str, phase: &str) -> Value {
         "run": {"id": "run-X3n1AUXNGWbfECsJ", "phase": phase},
     })
 }
+
+/// The kids of a JWKS document.
+pub fn jwks_kids(jwks: &Value) -> BTreeSet<String> {
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `token issue` flags naming the run of `run_body("acme", "prod", _)`, without `--phase`.
+pub const RUN_FLAGS: &[&str] = &[
+    "--org",
+    "acme",
+    "--org-id",
+    "org-GRNbCjYNpBB6NEH9",
+    "--project",
+    "Default Project",
+    "--project-id",
+    "prj-vegSA59s1XPwMr2t",
+    "--workspace",
+    "prod",
+    "--workspace-id",
+    "ws-mbsd5E3Ktt5Rg2Xm",
+    "--run-id",
+    "run-X3n1AUXNGWbfECsJ",
+];
 
 /// The path of an external tool, or `None` when it is missing and skipping is allowed
 /// (`TFE_OIDC_ALLOW_SKIP=1`, never in CI). Otherwise a missing tool fails the test.
