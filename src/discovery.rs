@@ -82,6 +82,8 @@ impl JwkSet {
 pub struct Rendered {
     pub body: Bytes,
     pub etag: String,
+    /// `etag` as shared bytes: a response header is then a reference count, not a copy.
+    pub etag_bytes: Bytes,
 }
 
 impl Rendered {
@@ -91,6 +93,7 @@ impl Rendered {
         let etag = format!("\"{}\"", hex(&digest.as_ref()[..16]));
         Rendered {
             body: Bytes::from(body),
+            etag_bytes: Bytes::copy_from_slice(etag.as_bytes()),
             etag,
         }
     }

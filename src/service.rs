@@ -164,7 +164,11 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         api_tokens,
         audit,
         metrics: Arc::clone(&metrics),
-        jwks_cache_control: format!("public, max-age={}", config.jwks_max_age.as_secs()),
+        jwks_cache_control: axum::http::HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            config.jwks_max_age.as_secs()
+        ))
+        .expect("Cache-Control is ASCII"),
         max_body: config.max_body,
     });
     let discovery = bind("discovery", &config.discovery, discovery_tls).await?;
@@ -178,7 +182,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         )),
         tokio::spawn(http::serve(
             discovery,
-            http::internal::router(Arc::clone(&state)),
+            http::internal::service(Arc::clone(&state)),
             Arc::clone(&metrics),
             receiver.clone(),
         )),

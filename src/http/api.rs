@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{Caller, Scope};
 use super::error::ApiError;
-use super::{AppState, Tracked, track};
+use super::{AppState, Tracked};
 use crate::keys::{Kid, listing};
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
@@ -41,7 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::NotFound("no such route; see the README's table of endpoints".into())
         })
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(tracked, track))
+        .layer(tracked)
 }
 
 /// The body of `POST /v1/tokens`.
