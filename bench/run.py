@@ -398,7 +398,7 @@ def main():
     ap.add_argument("--sign-bench", required=True, help="the benches/sign.rs executable")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results", "bench.json"))
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every measurement (median)")
-    ap.add_argument("--duration", type=float, default=4, help="seconds per wrk run")
+    ap.add_argument("--duration", type=float, default=3, help="seconds per wrk run")
     ap.add_argument("--sign-seconds", type=float, default=2, help="seconds per signing figure")
     ap.add_argument("--concurrency", default="1,4,16,32", help="issuance connection counts")
     ap.add_argument("--only", default=",".join(PHASES),
@@ -407,6 +407,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
+    args.binary, args.sign_bench = os.path.abspath(args.binary), os.path.abspath(args.sign_bench)
     cores = os.cpu_count()
     dur = int(round(args.duration)) or 1
     reps = max(1, args.reps)

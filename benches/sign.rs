@@ -1,10 +1,10 @@
 //! In-process signing rate of tfe-oidc's own signer (no HTTP): the ceiling that `POST /v1/tokens`
 //! can approach on this machine, measured the way the service signs.
 //!
-//! Two figures, each single-threaded and with one thread per core:
-//! - `rsa`: `SigningKey::sign` over a token-sized message (the RS256 primitive alone);
+//! Two figures:
+//! - `rsa`: `SigningKey::sign` over a token-sized message (the RS256 primitive alone), 1 thread;
 //! - `issue`: `TokenIssuer::issue` (policy check, uuid jti, claim set, JSON, base64url, RS256) —
-//!   what the API handler calls for every token.
+//!   what the API handler calls for every token — on 1 thread and on one thread per core.
 //!
 //! `cargo bench --bench sign -- [--seconds S] [--threads N] [--json]`. With `--json` it prints one
 //! JSON object on stdout (scripts/bench reads it); otherwise a short text report. Nothing is
@@ -75,23 +75,19 @@ fn main() {
         }
     });
     let rsa_1 = rsa(1);
-    let rsa_n = rsa(threads);
     let issue_1 = issue(1);
     let issue_n = issue(threads);
 
-    let per_core = |r: Rate| r.wall / threads as f64;
     if json {
         println!(
-            "{{\"threads\":{threads},\"seconds\":{seconds},\"rsa_sign_1\":{:.1},\"rsa_sign_1_cpu\":{:.1},\"rsa_sign_n\":{:.1},\"rsa_sign_n_cpu\":{:.1},\"issue_1\":{:.1},\"issue_1_cpu\":{:.1},\"issue_n\":{:.1},\"issue_n_cpu\":{:.1},\"issue_per_core\":{:.1}}}",
+            "{{\"threads\":{threads},\"seconds\":{seconds},\"rsa_sign_1\":{:.1},\"rsa_sign_1_cpu\":{:.1},\"issue_1\":{:.1},\"issue_1_cpu\":{:.1},\"issue_n\":{:.1},\"issue_n_cpu\":{:.1},\"issue_per_core\":{:.1}}}",
             rsa_1.wall,
             rsa_1.cpu,
-            rsa_n.wall,
-            rsa_n.cpu,
             issue_1.wall,
             issue_1.cpu,
             issue_n.wall,
             issue_n.cpu,
-            per_core(issue_n),
+            issue_n.wall / threads as f64,
         );
     } else {
         println!("tfe-oidc in-process RS256 (2048-bit), {seconds}s per figure");
@@ -105,7 +101,6 @@ fn main() {
             )
         };
         line("SigningKey::sign", 1, rsa_1);
-        line("SigningKey::sign", threads, rsa_n);
         line("TokenIssuer::issue", 1, issue_1);
         line("TokenIssuer::issue", threads, issue_n);
     }
