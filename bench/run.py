@@ -13,7 +13,7 @@ import http.client
 import json
 import os
 import platform
-import re
+import resource
 import shutil
 import signal
 import socket
@@ -200,14 +200,19 @@ def wrk(url, conns, threads, duration, method="GET", body=None, auth=None):
     env = env_with(BENCH_METHOD=method, BENCH_BODY=body, BENCH_AUTH=auth)
     argv = ["wrk", f"-t{min(threads, conns)}", f"-c{conns}", f"-d{duration}s", "--timeout", "10s",
             "-s", WRK_LUA, url]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out, err = p.communicate(timeout=duration + 60)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if p.returncode != 0:
         raise RuntimeError(f"wrk failed: {err.decode()}")
     line = next((l for l in out.decode().splitlines() if l.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out.decode()}\n{err.decode()}")
-    return json.loads(line[len("BENCH_JSON "):])
+    r = json.loads(line[len("BENCH_JSON "):])
+    r["client_cpu_s"] = client_cpu
+    return r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +370,8 @@ def measured(proc, url, conns, threads, duration, **kw):
     cpu = proc.cpu_seconds() - cpu0
     r["server_cpu_s"] = cpu
     r["req_per_server_cpu_s"] = r["requests"] / cpu if cpu > 0 else None
+    r["server_cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else None
+    r["client_cpu_us_per_req"] = r["client_cpu_s"] / r["requests"] * 1e6 if r["requests"] else None
     return r
 
 
@@ -375,6 +382,8 @@ def summarize_wrk(runs):
         "p50_ms": median([r["lat_p50_us"] / 1000 for r in runs]),
         "p99_ms": median([r["lat_p99_us"] / 1000 for r in runs]),
         "req_per_server_cpu_s": median([r.get("req_per_server_cpu_s") for r in runs]),
+        "server_cpu_us_per_req": median([r.get("server_cpu_us_per_req") for r in runs]),
+        "client_cpu_us_per_req": median([r.get("client_cpu_us_per_req") for r in runs]),
         "requests": sum(r["requests"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "socket_errors": sum(r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
@@ -680,8 +689,8 @@ def table(res):
     L.append(f"tfe-oidc benchmark: {m['cpu']}, {m['cores']} cores, AVX-512 IFMA "
              f"{'yes' if m['avx512ifma'] else 'no'}, {m['openssl'].split(' (')[0]}")
     L.append(f"medians of {st['reps']} interleaved repetitions; wrk {st['wrk_seconds']} s per run; "
-             f"load average {res['loadavg_start'][0]:.2f} at start, {res['loadavg_end'][0]:.2f} at end "
-             f"(other processes compete for the cores when it is above ~0.5 per core)")
+             f"1-minute load average before the run {res['loadavg_start'][0]:.2f} (above ~0.5 per core, "
+             f"other processes compete for the cores)")
     if "signing" in res:
         n, x = res["signing"]["native"], res["signing"]["no_ifma"]
         L += ["", f"1/5. Signing limit, RSA-2048 / RS256 {'':<28} native   no IFMA"]
@@ -706,7 +715,7 @@ def table(res):
     if "issuance" in res:
         L += ["", "2. Issuance over HTTP: POST /v1/tokens, wrk -t1 on the same machine",
               f"  {'conns':>5} {'tokens/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'÷openssl':>9} {'÷in-proc':>9} "
-              f"{'tok/srv-CPU-s':>13} {'÷in-proc CPU':>12} {'non-2xx':>8}"]
+              f"{'tok/srv-CPU-s':>13} {'÷in-proc CPU':>12} {'srv µs/tok':>10} {'wrk µs/tok':>10} {'non-2xx':>8}"]
         rows = [(str(c), s) for c, s in res["issuance"].items()]
         if "issuance_no_ifma" in res:
             rows.append((f"{res['issuance_no_ifma']['concurrency']}*", res["issuance_no_ifma"]))
@@ -714,6 +723,7 @@ def table(res):
             L.append(f"  {c:>5} {fmt(s['rps']):>9} {fmt(s['p50_ms'], 2):>8} {fmt(s['p99_ms'], 2):>8} "
                      f"{fmt(s.get('vs_openssl_multi'), 2):>9} {fmt(s.get('vs_inprocess_issue_n'), 2):>9} "
                      f"{fmt(s['req_per_server_cpu_s']):>13} {fmt(s.get('server_cpu_vs_inprocess_cpu'), 2):>12} "
+                     f"{fmt(s['server_cpu_us_per_req']):>10} {fmt(s['client_cpu_us_per_req']):>10} "
                      f"{s['non_2xx'] + s['socket_errors']:>8}")
         if "issuance_no_ifma" in res:
             L.append("  * AVX-512 IFMA masked in tfe-oidc; ratios against the masked openssl and in-process figures")
