@@ -2,13 +2,20 @@
 //!
 //! `Config::load` reads the TOML file (or none: the embedded defaults), applies `TFE_OIDC_*`
 //! overrides, and checks every rule, returning all problems at once. Everything after this module
-//! trusts a `Config`. Parsing text into typed values is `raw.rs`'s job; this module owns defaults
-//! and the rules between keys. It does not open sockets or read keys.
+//! trusts a `Config`. Parsing text into typed values is `raw.rs`'s job, the forms of single values
+//! (issuer, CIDR, glob) are `forms.rs`'s, and `describe.rs` renders the effective settings; this
+//! module owns defaults and the rules between keys. It does not open sockets or read keys.
 
+mod describe;
+mod forms;
 pub mod raw;
 
+pub use describe::{describe, short_duration};
+use forms::parse_cidr;
+pub use forms::{check_issuer, glob_match, is_loopback};
+
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -155,94 +162,6 @@ impl Config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError(problems)),
         }
-    }
-}
-
-/// The effective settings, one `key = value` line each, as `check-config` prints them. The
-/// configuration holds no secret (tokens are stored as digests, keys live in the key store), so
-/// nothing needs redacting; file paths are shown, never their contents.
-pub fn describe(c: &Config) -> String {
-    let d = |d: Duration| format!("\"{}\"", short_duration(d));
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref().map_or("(none)".to_owned(), |p| {
-            format!("{:?}", p.display().to_string())
-        })
-    };
-    let list = |items: &[String]| {
-        format!(
-            "[{}]",
-            items
-                .iter()
-                .map(|s| format!("{s:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let mut lines = vec![format!("issuer = {:?}", c.issuer)];
-    for (name, l) in [("discovery", &c.discovery), ("api", &c.api)] {
-        lines.push(format!("{name}.listen = \"{}\"", l.listen));
-        lines.push(format!(
-            "{name}.tls = {}",
-            l.tls.as_ref().map_or("off".to_owned(), |t| format!(
-                "cert {:?}, key {:?}",
-                t.cert.display().to_string(),
-                t.key.display().to_string()
-            ))
-        ));
-        lines.push(format!(
-            "{name}.client_ca = {}",
-            path(&l.tls.as_ref().and_then(|t| t.client_ca.clone()))
-        ));
-        lines.push(format!(
-            "{name}.allow = {}",
-            list(&l.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        ));
-        lines.push(format!("{name}.insecure_http = {}", l.insecure_http));
-    }
-    lines.push(format!("discovery.jwks_max_age = {}", d(c.jwks_max_age)));
-    lines.push(format!(
-        "api.tokens_file = {}",
-        c.tokens_file.as_ref().map_or(
-            "(none: development token in <keys.dir>/api-token)".to_owned(),
-            |p| format!("{:?}", p.display().to_string())
-        )
-    ));
-    lines.push(format!("api.max_body = {}", c.max_body));
-    lines.push(format!(
-        "tokens.default_audience = {:?}",
-        c.tokens.default_audience.as_str()
-    ));
-    lines.push(format!("tokens.audiences = {}", list(&c.tokens.audiences)));
-    lines.push(format!("tokens.default_ttl = {}", d(c.tokens.default_ttl)));
-    lines.push(format!("tokens.max_ttl = {}", d(c.tokens.max_ttl)));
-    lines.push("keys.store = \"file\"".to_owned());
-    lines.push(format!("keys.dir = {:?}", c.keys.dir.display().to_string()));
-    lines.push(format!("keys.rsa_bits = {}", c.keys.rsa_bits));
-    lines.push(format!(
-        "keys.rotation_period = {}",
-        d(c.keys.rotation_period)
-    ));
-    lines.push(format!("audit.path = {}", path(&c.audit_path)));
-    lines.push(format!(
-        "exchange.vault_timeout = {}",
-        d(c.exchange.vault_timeout)
-    ));
-    lines.push(format!(
-        "exchange.allowed_vault_addrs = {}",
-        list(&c.exchange.allowed_vault_addrs)
-    ));
-    lines.iter().map(|l| format!("{l}\n")).collect()
-}
-
-/// A duration in the largest whole unit of the config's own forms (`90s`, `20m`, `24h`, `30d`).
-pub fn short_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0 => "0s".to_owned(),
-        s if s % 86400 == 0 && s >= 7 * 86400 => format!("{}d", s / 86400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
 
@@ -505,71 +424,6 @@ fn issuer(raw: &Raw, discovery: &ListenerConfig, problems: &mut Vec<Problem>) ->
     Some(text.to_owned())
 }
 
-/// Checks the issuer form: scheme + host [+ port], nothing else. Returns whether it is https.
-pub fn check_issuer(text: &str) -> Result<bool, String> {
-    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = text.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "{text:?} must start with https:// (or http:// on loopback)"
-        ));
-    };
-    if rest.is_empty() {
-        return Err(format!("{text:?} has no host"));
-    }
-    if let Some(c) = rest
-        .chars()
-        .find(|c| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "{text:?} must be scheme + host [+ port] only: no path, query, fragment, user or trailing slash (found {c:?})"
-        ));
-    }
-    if rest.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "{text:?} must be lowercase: verifiers compare the issuer byte for byte"
-        ));
-    }
-    Ok(https)
-}
-
-fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an address or CIDR block such as 10.0.7.0/24"))
-}
-
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-/// A glob where `*` matches any run of characters (including none) and nothing else is special.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,22 +474,6 @@ mod tests {
     }
 
     #[test]
-    fn issuer_form_is_strict() {
-        assert_eq!(check_issuer("https://tfe.example.com:8443"), Ok(true));
-        assert_eq!(check_issuer("http://127.0.0.1:8443"), Ok(false));
-        for bad in [
-            "https://tfe.example.com/",
-            "https://x/path",
-            "ftp://x",
-            "https://",
-            "https://X.com",
-            "https://a?b",
-        ] {
-            assert!(check_issuer(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn http_issuer_refused_off_loopback() {
         let err = load(
             "issuer = \"http://tfe.example.com\"\n[discovery]\nlisten = \"0.0.0.0:8443\"\ninsecure_http = false\n",
@@ -647,22 +485,5 @@ mod tests {
             &[],
         );
         assert!(ok.is_ok());
-    }
-
-    #[test]
-    fn glob_matches_like_vault() {
-        assert!(glob_match("a*c", "abc"));
-        assert!(glob_match("a*c", "ac"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("a*c", "ab"));
-        assert!(glob_match(
-            "//iam.googleapis.com/*",
-            "//iam.googleapis.com/projects/1"
-        ));
-        assert!(!glob_match(
-            "vault.workload.identity",
-            "vault.workload.identityX"
-        ));
-        assert!(!glob_match("a*a", "a"));
     }
 }

@@ -1,0 +1,108 @@
+//! The forms single values must have: the issuer URL, addresses, loopback, audience globs.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Checks the issuer form: scheme + host [+ port], nothing else. Returns whether it is https.
+pub fn check_issuer(text: &str) -> Result<bool, String> {
+    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(format!(
+            "{text:?} must start with https:// (or http:// on loopback)"
+        ));
+    };
+    if rest.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if let Some(c) = rest
+        .chars()
+        .find(|c| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{text:?} must be scheme + host [+ port] only: no path, query, fragment, user or trailing slash (found {c:?})"
+        ));
+    }
+    if rest.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "{text:?} must be lowercase: verifiers compare the issuer byte for byte"
+        ));
+    }
+    Ok(https)
+}
+
+pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR block such as 10.0.7.0/24"))
+}
+
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// A glob where `*` matches any run of characters (including none) and nothing else is special.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_form_is_strict() {
+        assert_eq!(check_issuer("https://tfe.example.com:8443"), Ok(true));
+        assert_eq!(check_issuer("http://127.0.0.1:8443"), Ok(false));
+        for bad in [
+            "https://tfe.example.com/",
+            "https://x/path",
+            "ftp://x",
+            "https://",
+            "https://X.com",
+            "https://a?b",
+        ] {
+            assert!(check_issuer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn glob_matches_like_vault() {
+        assert!(glob_match("a*c", "abc"));
+        assert!(glob_match("a*c", "ac"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*c", "ab"));
+        assert!(glob_match(
+            "//iam.googleapis.com/*",
+            "//iam.googleapis.com/projects/1"
+        ));
+        assert!(!glob_match(
+            "vault.workload.identity",
+            "vault.workload.identityX"
+        ));
+        assert!(!glob_match("a*a", "a"));
+    }
+}
