@@ -299,7 +299,7 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
         policy.max_ttl = policy.max_ttl.min(std::time::Duration::from_secs(recorded));
     }
     let issuer = TokenIssuer::new(config.issuer.clone(), policy);
-    issuer.check(&request).map_err(Failure::usage)?;
+    let checked = issuer.check(&request).map_err(Failure::usage)?;
     let signer = current
         .and_then(|c| loaded.signers.get(&c.kid))
         .ok_or_else(|| {
@@ -308,9 +308,8 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
                 config.keys.dir.display()
             ))
         })?;
-    let issued = issuer
-        .issue(&request, signer, crate::keys::Clock::now(&SystemClock))
-        .map_err(Failure::usage)?;
+    let now = crate::keys::Clock::now(&SystemClock);
+    let issued = issuer.issue_checked(&request.run, checked, signer, now);
     crate::telemetry::Audit::open(config.audit_path.as_deref())
         .map_err(|e| Failure::failed(format!("audit.path: {e}")))?
         .token_issued(&issued, "cli");

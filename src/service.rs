@@ -129,12 +129,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let api_tokens = api_tokens(config)?;
     let audit = Audit::open(config.audit_path.as_deref()).map_err(|e| {
         StartError::Io(format!(
-            "audit.path {}: {e}",
-            config
-                .audit_path
-                .as_deref()
-                .unwrap_or_else(|| "".as_ref())
-                .display()
+            "audit.path {:?}: {e}",
+            config.audit_path.clone().unwrap_or_default()
         ))
     })?;
     let metrics = Arc::new(Metrics::default());

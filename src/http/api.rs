@@ -84,14 +84,16 @@ async fn issue(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Resp
         audience: body.audience,
         ttl: body.ttl,
     };
-    state.issuer.check(&request)?;
+    let checked = state.issuer.check(&request)?;
     let published = state.published.load();
     let signer = published.keys.signer.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "no current signing key: the key store is not loaded; see the server log".into(),
         )
     })?;
-    let issued = state.issuer.issue(&request, signer, state.manager.now())?;
+    let issued = state
+        .issuer
+        .issue_checked(&request.run, checked, signer, state.manager.now());
     state.metrics.token_issued(request.run.phase);
     state.audit.token_issued(&issued, &caller.name);
     let c = &issued.claims;

@@ -87,21 +87,25 @@ impl TokenIssuer {
         signer: &SigningKey,
         now: UnixTime,
     ) -> Result<IssuedToken, FieldError> {
-        let (audience, ttl) = self.check(request)?;
+        let checked = self.check(request)?;
+        Ok(self.issue_checked(&request.run, checked, signer, now))
+    }
+
+    /// Signs the token of a request `check` accepted, with the audience and TTL it returned.
+    pub fn issue_checked(
+        &self,
+        run: &RunContext,
+        (audience, ttl): (Audience, Duration),
+        signer: &SigningKey,
+        now: UnixTime,
+    ) -> IssuedToken {
         let jti = uuid::Uuid::new_v4().to_string();
-        let claims = Claims::new(
-            &request.run,
-            &self.issuer,
-            &audience,
-            jti,
-            now,
-            now + ttl.as_secs(),
-        );
-        Ok(IssuedToken {
+        let claims = Claims::new(run, &self.issuer, &audience, jti, now, now + ttl.as_secs());
+        IssuedToken {
             token: sign(signer, &claims),
             kid: signer.kid().clone(),
             claims,
-        })
+        }
     }
 }
 
