@@ -23,12 +23,23 @@ pub struct TokenRequest {
     pub ttl: Option<String>,
 }
 
-/// A signed token and what callers and the audit log need to know of it.
-#[derive(Debug, Clone)]
+/// A signed token and what callers and the audit log need to know of it. The token logs in to
+/// Vault, so its `Debug` shows the kid and claims but not the token.
+#[derive(Clone)]
 pub struct IssuedToken {
     pub token: String,
     pub kid: Kid,
     pub claims: Claims,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token", &"<redacted>")
+            .field("kid", &self.kid)
+            .field("claims", &self.claims)
+            .finish()
+    }
 }
 
 /// Applies the token policy and signs.
