@@ -208,31 +208,53 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn serve(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
     runtime()?.block_on(async {
+        // Handlers first: a SIGHUP while starting must not kill the process.
+        let signals = Signals::new();
         let running = service::start(&config, Arc::new(SystemClock)).await?;
-        wait_for_signal().await;
+        signals.serve(&running).await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         running.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals `serve` acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handler = |kind| signal(kind).expect("a signal handler can be installed");
+        Signals {
+            term: handler(SignalKind::terminate()),
+            int: handler(SignalKind::interrupt()),
+            hup: handler(SignalKind::hangup()),
+        }
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve(mut self, running: &service::Running) {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return,
+                _ = self.term.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the API tokens file and the TLS files");
+                    running.reload();
+                }
+            }
+        }
     }
 }
 
 fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
-    service::tls_acceptors(&config).map_err(Failure::usage)?;
-    if let Some(path) = &config.tokens_file {
-        auth::ApiTokens::load(path).map_err(|m| {
-            Failure::usage(format!("invalid configuration:\n  - api.tokens_file: {m}"))
-        })?;
-    }
+    service::tls_configs(&config).map_err(Failure::usage)?;
+    service::tokens_file(&config).map_err(Failure::usage)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }
@@ -253,13 +275,8 @@ fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
 fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let config = load(&arg)?;
     let store = service::open_store(&config).map_err(Failure::failed)?;
-    let manager = KeyManager::start(
-        store,
-        Arc::new(SystemClock),
-        service::policy(&config),
-        Box::new(|_, _| {}),
-    )
-    .map_err(Failure::failed)?;
+    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))
+        .map_err(Failure::failed)?;
     let set = manager.rotate(force).map_err(Failure::failed)?;
     print!("{}", key_table(&set));
     Ok(())
@@ -311,8 +328,12 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
     let now = crate::keys::Clock::now(&SystemClock);
     let issued = issuer.issue_checked(&request.run, checked, signer, now);
     crate::telemetry::Audit::open(config.audit_path.as_deref())
-        .map_err(|e| Failure::failed(format!("audit.path: {e}")))?
-        .token_issued(&issued, "cli");
+        .and_then(|audit| audit.token_issued(&issued, "cli"))
+        .map_err(|e| {
+            Failure::failed(format!(
+                "audit.path: {e}: the token was not handed out, as no audit line records it"
+            ))
+        })?;
     println!("{}", issued.token);
     Ok(())
 }

@@ -87,7 +87,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    fn of<T: Serialize>(value: &T) -> Rendered {
+    pub fn of<T: Serialize>(value: &T) -> Rendered {
         let body = serde_json::to_vec(value).expect("documents always serialize");
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
         let etag = format!("\"{}\"", hex(&digest.as_ref()[..16]));

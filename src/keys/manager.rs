@@ -1,20 +1,22 @@
 //! The single writer of the key set.
 //!
 //! `KeyManager` applies the lifecycle rules, makes each new set durable through its `KeyStore`,
-//! and only then publishes an immutable `KeySnapshot` (a key is never signed with before the set
-//! that publishes it is committed and handed to the publisher). Readers take snapshots and never
-//! wait on the writer. Its methods block (key generation, fsync): call them from
-//! `spawn_blocking`. `run_rotator` is the background task that drives the schedule.
+//! and only then publishes it, through two `tokio::sync::watch` channels: first the JWKS document
+//! rendered from the set (what the discovery listener serves), then the `KeySnapshot` with the
+//! signing key (what issuance uses). So a key never signs before the JWKS that publishes it is
+//! both committed and visible. Readers borrow the latest value and never wait on the writer. Its
+//! methods block (key generation, fsync): call them from `spawn_blocking`. `run_rotator` is the
+//! background task that drives the schedule.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::lifecycle::{self, Policy, RotateRefused};
 use super::store::{KeyStore, Loaded, StoreError};
-use super::{Clock, KeyInfo, KeySet, KeySnapshot, Kid};
+use super::{Clock, KeyInfo, KeySet, KeySnapshot, Kid, SigningKey};
+use crate::discovery::{JwkSet, Rendered};
 
 /// What made the set change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +45,6 @@ pub enum ManagerError {
     UnknownKid(Kid),
 }
 
-/// Called with every new snapshot, after it is durable and before it is visible to readers.
-pub type Publisher = Box<dyn Fn(&Arc<KeySnapshot>, Change) + Send + Sync>;
-
 struct Inner {
     store: Box<dyn KeyStore>,
     loaded: Loaded,
@@ -56,8 +55,8 @@ pub struct KeyManager {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
     policy: Policy,
-    snapshot: ArcSwap<KeySnapshot>,
-    publisher: Publisher,
+    jwks: watch::Sender<Arc<Rendered>>,
+    keys: watch::Sender<Arc<KeySnapshot>>,
 }
 
 impl KeyManager {
@@ -66,20 +65,22 @@ impl KeyManager {
         store: Box<dyn KeyStore>,
         clock: Arc<dyn Clock>,
         policy: Policy,
-        publisher: Publisher,
     ) -> Result<KeyManager, ManagerError> {
         let mut store = store;
         let loaded = store.load()?;
-        let empty = Arc::new(KeySnapshot {
+        let empty = KeySnapshot {
             set: KeySet::default(),
             signer: None,
-        });
+            change: Change::Loaded,
+            sequence: 0,
+            rotations: 0,
+        };
         let manager = KeyManager {
             inner: Mutex::new(Inner { store, loaded }),
             clock,
             policy,
-            snapshot: ArcSwap::new(empty),
-            publisher,
+            jwks: watch::Sender::new(Arc::new(Rendered::of(&JwkSet::new(&empty.set)))),
+            keys: watch::Sender::new(Arc::new(empty)),
         };
         {
             let mut inner = manager.lock();
@@ -96,7 +97,17 @@ impl KeyManager {
 
     /// The snapshot readers use now.
     pub fn snapshot(&self) -> Arc<KeySnapshot> {
-        self.snapshot.load_full()
+        Arc::clone(&self.keys.borrow())
+    }
+
+    /// Every snapshot from now on, the latest first.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<KeySnapshot>> {
+        self.keys.subscribe()
+    }
+
+    /// The JWKS document of every committed set, rendered once per set.
+    pub fn subscribe_jwks(&self) -> watch::Receiver<Arc<Rendered>> {
+        self.jwks.subscribe()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -218,10 +229,25 @@ impl KeyManager {
             .current()
             .and_then(|c| inner.loaded.signers.get(&c.kid).cloned());
         inner.loaded.set = set.clone();
-        let snapshot = Arc::new(KeySnapshot { set, signer });
-        (self.publisher)(&snapshot, change);
-        self.snapshot.store(snapshot);
+        self.publish(set, signer, change);
         Ok(())
+    }
+
+    /// The JWKS first, then the signer: see the module documentation.
+    fn publish(&self, set: KeySet, signer: Option<Arc<SigningKey>>, change: Change) {
+        let previous = self.snapshot();
+        let snapshot = KeySnapshot {
+            signer,
+            change,
+            sequence: previous.sequence + 1,
+            rotations: previous.rotations + u64::from(change == Change::Rotated),
+            set,
+        };
+        self.jwks
+            .send_replace(Arc::new(Rendered::of(&JwkSet::new(&snapshot.set))));
+        let kid = |k: Option<&KeyInfo>| k.map(|k| k.kid.to_string()).unwrap_or_default();
+        tracing::info!(change = ?change, current = %kid(snapshot.set.current()), next = %kid(snapshot.set.next()), published = snapshot.set.keys.len(), "key set published");
+        self.keys.send_replace(Arc::new(snapshot));
     }
 }
 

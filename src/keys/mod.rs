@@ -279,19 +279,38 @@ pub fn public_jwk(pair: &KeyPair) -> PublicJwk {
 
 /// The key set as `keys list --format json` and `GET /v1/keys` show it: no key material, times
 /// in Unix seconds.
-pub fn listing(set: &KeySet) -> serde_json::Value {
-    let keys: Vec<_> = set
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub keys: Vec<ListedKey>,
+}
+
+/// One key of a [`Listing`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedKey {
+    pub kid: Kid,
+    pub state: KeyState,
+    pub bits: usize,
+    pub created_at: UnixTime,
+    pub activated_at: Option<UnixTime>,
+    pub retired_at: Option<UnixTime>,
+    pub verify_until: Option<UnixTime>,
+}
+
+pub fn listing(set: &KeySet) -> Listing {
+    let keys = set
         .keys
         .iter()
-        .map(|k| {
-            serde_json::json!({
-                "kid": k.kid.as_str(), "state": k.state.as_str(), "bits": k.jwk.bits(),
-                "created_at": k.created_at, "activated_at": k.activated_at,
-                "retired_at": k.retired_at, "verify_until": k.verify_until,
-            })
+        .map(|k| ListedKey {
+            kid: k.kid.clone(),
+            state: k.state,
+            bits: k.jwk.bits(),
+            created_at: k.created_at,
+            activated_at: k.activated_at,
+            retired_at: k.retired_at,
+            verify_until: k.verify_until,
         })
         .collect();
-    serde_json::json!({ "keys": keys })
+    Listing { keys }
 }
 
 /// An immutable view of the keys at one instant: what is published, and the key that signs.
@@ -299,6 +318,12 @@ pub fn listing(set: &KeySet) -> serde_json::Value {
 pub struct KeySnapshot {
     pub set: KeySet,
     pub signer: Option<Arc<SigningKey>>,
+    /// What made the set change to this one.
+    pub change: manager::Change,
+    /// 1 for the first set a manager publishes, then one more for every set after it.
+    pub sequence: u64,
+    /// Rotations committed by this manager since it started.
+    pub rotations: u64,
 }
 
 #[cfg(test)]
