@@ -4,7 +4,10 @@
 //! and only then publishes an immutable `KeySnapshot` (a key is never signed with before the set
 //! that publishes it is committed and handed to the publisher). Readers take snapshots and never
 //! wait on the writer. Its methods block (key generation, fsync): call them from
-//! `spawn_blocking`. `run_rotator` is the background task that drives the schedule.
+//! `spawn_blocking`. `run_rotator` is the background task that drives the schedule and, every few
+//! seconds, checks that the store still holds what the committed set needs (`check_store`): a key
+//! file deleted under a running server is rewritten from memory, and a failure to do so is the
+//! manager's `health` until a later check succeeds.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +46,12 @@ pub enum ManagerError {
     UnknownKid(Kid),
 }
 
+/// Why the key store cannot be relied on right now: the message of the store's error, which names
+/// the file at fault and never key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(String);
+
 /// Called with every new snapshot, after it is durable and before it is visible to readers.
 pub type Publisher = Box<dyn Fn(&Arc<KeySnapshot>, Change) + Send + Sync>;
 
@@ -58,6 +67,8 @@ pub struct KeyManager {
     policy: Policy,
     snapshot: ArcSwap<KeySnapshot>,
     publisher: Publisher,
+    /// The last `check_store` failure; never held across anything slow.
+    health: Mutex<Option<Unhealthy>>,
 }
 
 impl KeyManager {
@@ -80,6 +91,7 @@ impl KeyManager {
             policy,
             snapshot: ArcSwap::new(empty),
             publisher,
+            health: Mutex::new(None),
         };
         {
             let mut inner = manager.lock();
@@ -97,6 +109,43 @@ impl KeyManager {
     /// The snapshot readers use now.
     pub fn snapshot(&self) -> Arc<KeySnapshot> {
         self.snapshot.load_full()
+    }
+
+    /// `Err` while the last `check_store` could not restore a file the committed set needs.
+    pub fn health(&self) -> Result<(), Unhealthy> {
+        match &*self.health_slot() {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the store still holds every file the committed set needs, rewriting from memory
+    /// any that went missing or was replaced (logged at error level, naming the file). A failure
+    /// becomes the manager's `health` until a later check succeeds.
+    pub fn check_store(&self) {
+        let result = {
+            let mut inner = self.lock();
+            let Inner { store, loaded } = &mut *inner;
+            store.restore(loaded)
+        };
+        match result {
+            Ok(restored) => {
+                for r in restored {
+                    tracing::error!(file = %r.path.display(), problem = %r.problem, "a key store file went missing or was replaced while running; rewritten from memory");
+                }
+                if self.health_slot().take().is_some() {
+                    tracing::info!("the key store holds every file the key set needs again");
+                }
+            }
+            Err(e) => {
+                let problem = Unhealthy(e.to_string());
+                let mut slot = self.health_slot();
+                if slot.as_ref() != Some(&problem) {
+                    tracing::error!(error = %problem, "a key store file the key set needs is missing and cannot be rewritten; a restart would lose it");
+                }
+                *slot = Some(problem);
+            }
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -163,6 +212,12 @@ impl KeyManager {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn health_slot(&self) -> std::sync::MutexGuard<'_, Option<Unhealthy>> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Expiry plus a rotation when one is due; `None` when nothing changes.
     fn bring_up_to_date(
         &self,
@@ -225,20 +280,28 @@ impl KeyManager {
     }
 }
 
-/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most a
-/// minute, so a changed clock or set is noticed), then ticks. A failing store is retried.
+/// How often the rotator wakes at most: to check the store's files and to notice a changed clock.
+const CHECK_INTERVAL_SECS: u64 = 2;
+
+/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most
+/// `CHECK_INTERVAL_SECS`), checks the store's files, then ticks. A failing store is retried.
 pub async fn run_rotator(manager: Arc<KeyManager>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let wait = match manager.next_deadline() {
-            Some(deadline) => Duration::from_secs(deadline.saturating_sub(manager.now()).min(60)),
-            None => Duration::from_secs(60),
+        let secs = match manager.next_deadline() {
+            Some(deadline) => deadline.saturating_sub(manager.now()),
+            None => CHECK_INTERVAL_SECS,
         };
+        let wait = Duration::from_secs(secs.min(CHECK_INTERVAL_SECS));
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             _ = shutdown.changed() => return,
         }
         let m = Arc::clone(&manager);
-        match tokio::task::spawn_blocking(move || m.tick()).await {
+        let ticked = tokio::task::spawn_blocking(move || {
+            m.check_store();
+            m.tick()
+        });
+        match ticked.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "key rotation failed; the current key keeps signing, retrying in 5s");
