@@ -141,6 +141,11 @@ impl FileStore {
             _lock: lock,
         };
         let set = read_manifest(&store.dir)?;
+        for name in needed_pems(&set) {
+            if let Some(problem) = store.dir.trouble(&name, Access::Private) {
+                return Err(problem);
+            }
+        }
         store.remove_unneeded(&set)?;
         Ok(store)
     }
