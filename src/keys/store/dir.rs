@@ -79,6 +79,12 @@ impl KeyDir {
         })
     }
 
+    /// Checks the opened directory again (one `fstat`): still this user's, still closed to others.
+    pub fn recheck(&self) -> Result<(), StoreError> {
+        let stat = rustix::fs::fstat(&self.fd).map_err(errno_at(&self.path))?;
+        check(&self.path, &stat, FileType::Directory, Access::Private)
+    }
+
     /// The configured path, for messages.
     pub fn path(&self) -> &Path {
         &self.path

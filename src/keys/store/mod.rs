@@ -56,7 +56,7 @@ pub enum StoreError {
         expected: &'static str,
     },
     /// The directory or a file of the store is owned by another user or open to group or others.
-    #[error("{path} is {why}, so another user could change the keys: {fix}")]
+    #[error("{path} is {why}, and tfe-oidc trusts no key file another user could change: {fix}")]
     Insecure {
         path: PathBuf,
         why: String,
@@ -220,6 +220,8 @@ impl KeyStore for FileStore {
     }
 
     fn restore(&mut self, committed: &Loaded) -> Result<Vec<Restored>, StoreError> {
+        // A directory opened to others is reported, never silently changed back.
+        self.dir.recheck()?;
         let mut restored = Vec::new();
         let manifest = || Ok(manifest_bytes(&committed.set));
         restored.extend(self.restore_file(MANIFEST, Access::ReadOnlyToOthers, manifest)?);
@@ -406,6 +408,19 @@ mod tests {
         assert!(restored.iter().all(|r| r.problem.is_not_found()));
         assert_eq!(fs::read(dir.join(pem_name(kid))).unwrap(), before);
         assert_eq!(read_unlocked(&dir).unwrap().set, committed.set);
+    }
+
+    #[test]
+    fn restore_reports_a_directory_opened_to_others_without_changing_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_parent, dir) = keys_dir();
+        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let committed = store.load().unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = store.restore(&committed).unwrap_err();
+        assert!(matches!(err, StoreError::Insecure { .. }), "{err}");
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o777);
     }
 
     #[test]
