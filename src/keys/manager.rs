@@ -141,7 +141,7 @@ impl KeyManager {
                 let problem = Unhealthy(e.to_string());
                 let mut slot = self.health_slot();
                 if slot.as_ref() != Some(&problem) {
-                    tracing::error!(error = %problem, "a key store file the key set needs is missing and cannot be rewritten; a restart would lose it");
+                    tracing::error!(error = %problem, "the key store cannot hold the key set safely (a restart may fail or lose a key); /readyz answers 503 until this is fixed");
                 }
                 *slot = Some(problem);
             }
