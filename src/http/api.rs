@@ -188,12 +188,18 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, String) {
+    if let Err(problem) = state.manager.health() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {problem}\n"),
+        );
+    }
     match state.manager.snapshot().signer {
-        Some(_) => (StatusCode::OK, "ready\n"),
+        Some(_) => (StatusCode::OK, "ready\n".into()),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no current signing key\n",
+            "not ready: no current signing key\n".into(),
         ),
     }
 }

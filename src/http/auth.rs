@@ -5,9 +5,7 @@
 //! no tokens file, `<keys.dir>/api-token` (mode 0600) holds a development token.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
@@ -17,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use subtle::ConstantTimeEq;
 
 use crate::discovery::hex;
+use crate::keys::store::{Access, KeyDir};
 
 /// What a caller may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,23 +181,22 @@ pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> St
 }
 
 /// The development token: read from `<keys_dir>/api-token`, created (mode 0600) when absent.
+/// `keys_dir` is created with mode 0700 when absent and checked as the key store checks it: a
+/// directory or token file another user could read or change is refused, and a link is never
+/// followed.
 pub fn development_token(keys_dir: &Path) -> io::Result<(PathBuf, ApiTokens)> {
-    let path = keys_dir.join("api-token");
-    let token = match std::fs::read_to_string(&path) {
-        Ok(text) => BearerToken(text.trim().to_owned()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(keys_dir)?;
+    const NAME: &str = "api-token";
+    let dir = KeyDir::create(keys_dir).map_err(io::Error::other)?;
+    let path = dir.path_of(NAME);
+    let token = match dir.read(NAME, Access::Private) {
+        Ok(bytes) => BearerToken(String::from_utf8_lossy(&bytes).trim().to_owned()),
+        Err(e) if e.is_not_found() => {
             let token = new_token();
-            let mut file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)?;
-            writeln!(file, "{}", token.0)?;
-            file.sync_all()?;
+            dir.create_new(NAME, format!("{}\n", token.0).as_bytes())
+                .map_err(io::Error::other)?;
             token
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(io::Error::other(e)),
     };
     if token.0.len() < 16 {
         return Err(io::Error::other(format!(

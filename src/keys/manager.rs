@@ -6,7 +6,10 @@
 //! signing key (what issuance uses). So a key never signs before the JWKS that publishes it is
 //! both committed and visible. Readers borrow the latest value and never wait on the writer. Its
 //! methods block (key generation, fsync): call them from `spawn_blocking`. `run_rotator` is the
-//! background task that drives the schedule.
+//! background task that drives the schedule and, every few seconds, checks that the store still
+//! holds what the committed set needs (`check_store`): a key file deleted under a running server
+//! is rewritten from memory, and a failure to do so is the manager's `health` until a later check
+//! succeeds.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +48,12 @@ pub enum ManagerError {
     UnknownKid(Kid),
 }
 
+/// Why the key store cannot be relied on right now: the message of the store's error, which names
+/// the file at fault and never key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(String);
+
 struct Inner {
     store: Box<dyn KeyStore>,
     loaded: Loaded,
@@ -57,6 +66,8 @@ pub struct KeyManager {
     policy: Policy,
     jwks: watch::Sender<Arc<Rendered>>,
     keys: watch::Sender<Arc<KeySnapshot>>,
+    /// The last `check_store` failure; never held across anything slow.
+    health: Mutex<Option<Unhealthy>>,
 }
 
 impl KeyManager {
@@ -81,6 +92,7 @@ impl KeyManager {
             policy,
             jwks: watch::Sender::new(Arc::new(Rendered::of(&JwkSet::new(&empty.set)))),
             keys: watch::Sender::new(Arc::new(empty)),
+            health: Mutex::new(None),
         };
         {
             let mut inner = manager.lock();
@@ -108,6 +120,43 @@ impl KeyManager {
     /// The JWKS document of every committed set, rendered once per set.
     pub fn subscribe_jwks(&self) -> watch::Receiver<Arc<Rendered>> {
         self.jwks.subscribe()
+    }
+
+    /// `Err` while the last `check_store` could not restore a file the committed set needs.
+    pub fn health(&self) -> Result<(), Unhealthy> {
+        match &*self.health_slot() {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the store still holds every file the committed set needs, rewriting from memory
+    /// any that went missing or was replaced (logged at error level, naming the file). A failure
+    /// becomes the manager's `health` until a later check succeeds.
+    pub fn check_store(&self) {
+        let result = {
+            let mut inner = self.lock();
+            let Inner { store, loaded } = &mut *inner;
+            store.restore(loaded)
+        };
+        match result {
+            Ok(restored) => {
+                for r in restored {
+                    tracing::error!(file = %r.path.display(), problem = %r.problem, "a key store file went missing or was replaced while running; rewritten from memory");
+                }
+                if self.health_slot().take().is_some() {
+                    tracing::info!("the key store holds every file the key set needs again");
+                }
+            }
+            Err(e) => {
+                let problem = Unhealthy(e.to_string());
+                let mut slot = self.health_slot();
+                if slot.as_ref() != Some(&problem) {
+                    tracing::error!(error = %problem, "the key store cannot hold the key set safely (a restart may fail or lose a key); /readyz answers 503 until this is fixed");
+                }
+                *slot = Some(problem);
+            }
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -170,6 +219,12 @@ impl KeyManager {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn health_slot(&self) -> std::sync::MutexGuard<'_, Option<Unhealthy>> {
+        self.health
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -251,20 +306,28 @@ impl KeyManager {
     }
 }
 
-/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most a
-/// minute, so a changed clock or set is noticed), then ticks. A failing store is retried.
+/// How often the rotator wakes at most: to check the store's files and to notice a changed clock.
+const CHECK_INTERVAL_SECS: u64 = 2;
+
+/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most
+/// `CHECK_INTERVAL_SECS`), checks the store's files, then ticks. A failing store is retried.
 pub async fn run_rotator(manager: Arc<KeyManager>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let wait = match manager.next_deadline() {
-            Some(deadline) => Duration::from_secs(deadline.saturating_sub(manager.now()).min(60)),
-            None => Duration::from_secs(60),
+        let secs = match manager.next_deadline() {
+            Some(deadline) => deadline.saturating_sub(manager.now()),
+            None => CHECK_INTERVAL_SECS,
         };
+        let wait = Duration::from_secs(secs.min(CHECK_INTERVAL_SECS));
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             _ = shutdown.changed() => return,
         }
         let m = Arc::clone(&manager);
-        match tokio::task::spawn_blocking(move || m.tick()).await {
+        let ticked = tokio::task::spawn_blocking(move || {
+            m.check_store();
+            m.tick()
+        });
+        match ticked.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "key rotation failed; the current key keeps signing, retrying in 5s");

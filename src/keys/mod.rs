@@ -3,7 +3,7 @@
 //!
 //! - `clock.rs`: the injected clock.
 //! - `lifecycle.rs`: the pure rules (rotate, expire, revoke) that turn one `KeySet` into the next.
-//! - `store.rs`: the `KeyStore` interface and the crash-safe file store; the only code that writes keys.
+//! - `store/`: the `KeyStore` interface and the crash-safe file store; the only code that writes keys.
 //! - `manager.rs`: the single writer: applies the rules, persists, then publishes a snapshot.
 //!
 //! Nothing here knows about HTTP or tokens' claims.
