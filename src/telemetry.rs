@@ -1,6 +1,7 @@
 //! Observability (SPEC §9): logging set-up, Prometheus metrics and the audit trail.
 //!
-//! Metrics are plain atomics and small maps rendered in the Prometheus text format on scrape; the
+//! Metrics are plain atomics and small maps rendered in the Prometheus text format on scrape
+//! (`telemetry/process.rs` adds the standard `process_*` metrics, read from `/proc/self`); the
 //! audit trail is one `tracing` event per issued token plus, when configured, one JSON line per
 //! token appended to `audit.path`. Nothing here ever receives a token, key or secret: audit events
 //! carry the token's identifiers (jti, sub, aud, kid, times), never the token itself.
@@ -14,6 +15,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod process;
 
 use crate::token::IssuedToken;
 use crate::token::claims::RunPhase;
@@ -74,7 +77,22 @@ pub struct KeyGauges {
     pub jwks_keys: usize,
     /// Rotations committed since the service started.
     pub rotations: u64,
+    /// Seconds since the next key was published; `None` (no sample) when the set has none.
+    pub next_key_age_seconds: Option<u64>,
+    /// Unix time at which the current key started signing; `None` (no sample) without one.
+    pub current_key_activated_at: Option<u64>,
+    /// Keys in the set by state, in the order of `KEY_STATES`.
+    pub keys_by_state: [usize; 3],
+    /// `keys.rotation_period`, in seconds.
+    pub rotation_period_seconds: u64,
+    /// Whether the key store still holds every file the committed set needs.
+    pub store_healthy: bool,
+    /// Scheduled rotations or expiries that could not be committed since start.
+    pub rotation_failures: u64,
 }
+
+/// The `state` label values of `tfe_oidc_keys`, in the order of `KeyGauges::keys_by_state`.
+pub const KEY_STATES: [&str; 3] = ["next", "current", "retired"];
 
 /// The service's counters, shared by every handler.
 #[derive(Default)]
@@ -232,6 +250,7 @@ impl Metrics {
             "Keys in the served JWKS.",
         );
         let _ = writeln!(out, "tfe_oidc_jwks_keys {}", keys.jwks_keys);
+        render_key_timeline(&mut out, &keys);
         family(
             &mut out,
             "tfe_oidc_discovery_refused_total",
@@ -257,6 +276,7 @@ impl Metrics {
                 "tfe_oidc_vault_requests_total{{step=\"{step}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+        process::render(&mut out);
         out
     }
 
@@ -334,6 +354,56 @@ impl Metrics {
             );
         }
     }
+}
+
+/// The key gauges the alert rules of `deploy/monitoring/alerts.yml` need beyond the ones above.
+fn render_key_timeline(out: &mut String, keys: &KeyGauges) {
+    let mut gauge = |name: &str, help: &str, value: Option<u64>| {
+        family(out, name, "gauge", help);
+        if let Some(value) = value {
+            let _ = writeln!(out, "{name} {value}");
+        }
+    };
+    gauge(
+        "tfe_oidc_next_key_age_seconds",
+        "Seconds since the next key was published; no sample when there is no next key.",
+        keys.next_key_age_seconds,
+    );
+    gauge(
+        "tfe_oidc_last_rotation_timestamp_seconds",
+        "Unix time at which the current key started signing (the last rotation, or the first key's creation).",
+        keys.current_key_activated_at,
+    );
+    gauge(
+        "tfe_oidc_key_rotation_period_seconds",
+        "The configured keys.rotation_period.",
+        Some(keys.rotation_period_seconds),
+    );
+    gauge(
+        "tfe_oidc_key_store_healthy",
+        "1 while the key store holds every file the key set needs, 0 while it cannot be restored.",
+        Some(u64::from(keys.store_healthy)),
+    );
+    family(
+        out,
+        "tfe_oidc_keys",
+        "gauge",
+        "Keys in the key set, by state.",
+    );
+    for (state, n) in KEY_STATES.iter().zip(keys.keys_by_state) {
+        let _ = writeln!(out, "tfe_oidc_keys{{state=\"{state}\"}} {n}");
+    }
+    family(
+        out,
+        "tfe_oidc_key_rotation_failures_total",
+        "counter",
+        "Scheduled rotations or expiries that could not be committed (each is retried).",
+    );
+    let _ = writeln!(
+        out,
+        "tfe_oidc_key_rotation_failures_total {}",
+        keys.rotation_failures
+    );
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorCode};
 use super::extract::{Authorized, Keys, StrictJson, Tokens};
 use super::{ApiState, Tracked};
-use crate::keys::{Kid, Listing, listing};
+use crate::keys::manager::KeyManager;
+use crate::keys::{KeyState, Kid, Listing, listing};
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
 use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
@@ -171,21 +172,32 @@ async fn revoke_key(
 const REVOKE_NOTE: &str = "the key is no longer published, but Vault keeps trusting it until it refetches the JWKS: it does so only when a login presents a token whose kid it has not cached (or whose signature fails), or when auth/jwt/config is rewritten; rewrite the config to make Vault drop the key now";
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let snapshot = state.manager.snapshot();
-    let now = state.manager.now();
-    let age = snapshot
-        .set
-        .current()
-        .and_then(|c| c.activated_at)
-        .map(|t| now.saturating_sub(t))
-        .unwrap_or(0);
-    let gauges = KeyGauges {
-        current_key_age_seconds: age,
-        jwks_keys: snapshot.set.keys.len(),
-        rotations: snapshot.rotations,
-    };
-    let text = state.metrics.render(gauges);
+    let text = state.metrics.render(key_gauges(&state.manager));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The key set as the metrics show it, read from the manager's latest snapshot.
+fn key_gauges(manager: &KeyManager) -> KeyGauges {
+    let snapshot = manager.snapshot();
+    let set = &snapshot.set;
+    let now = manager.now();
+    let activated = set.current().and_then(|c| c.activated_at);
+    let count = |state: KeyState| set.keys.iter().filter(|k| k.state == state).count();
+    KeyGauges {
+        current_key_age_seconds: activated.map(|t| now.saturating_sub(t)).unwrap_or(0),
+        jwks_keys: set.keys.len(),
+        rotations: snapshot.rotations,
+        next_key_age_seconds: set.next().map(|n| now.saturating_sub(n.created_at)),
+        current_key_activated_at: activated,
+        keys_by_state: [
+            count(KeyState::Next),
+            count(KeyState::Current),
+            count(KeyState::Retired),
+        ],
+        rotation_period_seconds: manager.policy().rotation_period,
+        store_healthy: manager.health().is_ok(),
+        rotation_failures: manager.tick_failures(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, String) {

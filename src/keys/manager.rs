@@ -11,6 +11,7 @@
 //! is rewritten from memory, and a failure to do so is the manager's `health` until a later check
 //! succeeds.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub struct KeyManager {
     keys: watch::Sender<Arc<KeySnapshot>>,
     /// The last `check_store` failure; never held across anything slow.
     health: Mutex<Option<Unhealthy>>,
+    /// Scheduled changes (`tick`) that failed, since start.
+    tick_failures: AtomicU64,
 }
 
 impl KeyManager {
@@ -93,6 +96,7 @@ impl KeyManager {
             jwks: watch::Sender::new(Arc::new(Rendered::of(&JwkSet::new(&empty.set)))),
             keys: watch::Sender::new(Arc::new(empty)),
             health: Mutex::new(None),
+            tick_failures: AtomicU64::new(0),
         };
         {
             let mut inner = manager.lock();
@@ -167,8 +171,23 @@ impl KeyManager {
         self.clock.now()
     }
 
-    /// Applies what the schedule asks for at the clock's current time. Returns whether the set changed.
+    /// Scheduled rotations or expiries that could not be committed since this manager started
+    /// (the rotator retries each one; see `tick`).
+    pub fn tick_failures(&self) -> u64 {
+        self.tick_failures.load(Ordering::Relaxed)
+    }
+
+    /// Applies what the schedule asks for at the clock's current time. Returns whether the set
+    /// changed. A failure is counted in `tick_failures`.
     pub fn tick(&self) -> Result<bool, ManagerError> {
+        let result = self.apply_schedule();
+        if result.is_err() {
+            self.tick_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn apply_schedule(&self) -> Result<bool, ManagerError> {
         let mut inner = self.lock();
         let set = inner.loaded.set.clone();
         let now = self.clock.now();
