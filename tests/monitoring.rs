@@ -631,11 +631,11 @@ async fn rotation_stopped_fires_for_real_when_the_key_store_fills_up() {
         let mut ours = alerts.filter(|a| a["labels"]["alertname"] == "TfeOidcRotationStopped");
         (ours.next().cloned(), data)
     };
+    // Quiet while rotations work (pending is tolerated: a key generation slowed down by a busy
+    // machine can delay a 4 s rotation by a second or two).
     let (before, data) = rotation_stopped().await;
-    assert_eq!(
-        before, None,
-        "the alert is active while rotations work: {data}"
-    );
+    let firing = before.is_some_and(|a| a["state"] == "firing");
+    assert!(!firing, "the alert fires while rotations work: {data}");
     tmpfs.fill();
     let filled = Instant::now();
     let alert = wait_for("TfeOidcRotationStopped to fire", || async {
