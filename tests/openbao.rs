@@ -12,13 +12,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
+use tfe_oidc::http::ApiState;
 use tfe_oidc::keys::{FakeClock, SigningKey};
 use tfe_oidc::token::claims::Claims;
 
@@ -121,32 +122,32 @@ async fn rotations(server: &TestServer) -> u64 {
     sample_sum(&metrics(server).await, "tfe_oidc_key_rotations_total ")
 }
 
-/// JWKS fetches the tests themselves made, per running service (its `AppState`).
-static OWN_JWKS_FETCHES: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
+/// JWKS fetches the tests themselves made, per running service: keyed by the address of its
+/// `ApiState`. Each entry holds a `Weak` to that state, which keeps its allocation from being
+/// reused: a restarted server's state would otherwise often get the stopped one's address, and
+/// inherit its count.
+type OwnFetches = BTreeMap<usize, (Weak<ApiState>, u64)>;
+static OWN_JWKS_FETCHES: Mutex<OwnFetches> = Mutex::new(BTreeMap::new());
 
-fn service_id(server: &TestServer) -> usize {
-    Arc::as_ptr(&server.running.state) as usize
+/// This running service's count in `OWN_JWKS_FETCHES`.
+fn own_fetches<'a>(fetches: &'a mut OwnFetches, server: &TestServer) -> &'a mut u64 {
+    let state = &server.running.state;
+    let entry = fetches
+        .entry(Arc::as_ptr(state) as usize)
+        .or_insert_with(|| (Arc::downgrade(state), 0));
+    &mut entry.1
 }
 
 /// How many times OpenBao fetched the JWKS from this running service: the requests the
 /// discovery listener counted, less the test's own.
 async fn jwks_fetches(server: &TestServer) -> u64 {
-    let own = OWN_JWKS_FETCHES
-        .lock()
-        .unwrap()
-        .get(&service_id(server))
-        .copied()
-        .unwrap_or(0);
+    let own = *own_fetches(&mut OWN_JWKS_FETCHES.lock().unwrap(), server);
     sample_sum(&metrics(server).await, JWKS_FETCHES) - own
 }
 
 /// The kids in the served JWKS.
 async fn published_kids(server: &TestServer) -> BTreeSet<String> {
-    *OWN_JWKS_FETCHES
-        .lock()
-        .unwrap()
-        .entry(service_id(server))
-        .or_default() += 1;
+    *own_fetches(&mut OWN_JWKS_FETCHES.lock().unwrap(), server) += 1;
     common::jwks_kids(&server.jwks().await)
 }
 
