@@ -502,6 +502,9 @@ async fn every_dashboard_query_and_alert_expression_returns_series_from_a_real_s
     assert_eq!(value("tfe_oidc_key_rotation_failures_total").await, 0.0);
     assert!(value("time() - tfe_oidc_last_rotation_timestamp_seconds").await < 120.0);
     assert!(value("time() - process_start_time_seconds").await < 120.0);
+    // The start time is read from /proc at every scrape: it must not move, or the restart alert
+    // would count scrapes as restarts.
+    assert_eq!(value("changes(process_start_time_seconds[1m])").await, 0.0);
     assert!(value("process_resident_memory_bytes").await > 1e6);
     assert!(value("process_open_fds").await >= 3.0);
     eprintln!(
