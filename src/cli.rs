@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::http::auth::{self, Scope};
-use crate::keys::manager::KeyManager;
-use crate::keys::store::read_unlocked;
+use crate::keys::manager::{KeyManager, ManagerError};
+use crate::keys::store::{StoreError, read_unlocked};
 use crate::keys::{KeySet, SystemClock, listing};
 use crate::service::{self, StartError};
-use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::claims::{FieldError, NamedInput, RunContext, RunIdInput, RunInput};
 use crate::token::{TokenIssuer, TokenRequest};
 
 pub const EXIT_FAILURE: u8 = 1;
@@ -185,17 +185,48 @@ impl Failure {
     }
 }
 
+// The one mapping from the library's errors to exit statuses: 64 for what the operator wrote
+// (configuration, flags), 1 for what failed while acting on it.
+
 impl From<StartError> for Failure {
     fn from(e: StartError) -> Failure {
         match e {
             StartError::Config(_) => Failure::usage(e),
-            _ => Failure::failed(e),
+            StartError::Keys(_)
+            | StartError::Bind { .. }
+            | StartError::Audit { .. }
+            | StartError::DevelopmentToken { .. }
+            | StartError::Task(_) => Failure::failed(e),
         }
     }
 }
 
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<FieldError> for Failure {
+    fn from(e: FieldError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::failed(e)
+    }
+}
+
+impl From<ManagerError> for Failure {
+    fn from(e: ManagerError) -> Failure {
+        Failure::failed(e)
+    }
+}
+
 fn load(arg: &ConfigArg) -> Result<Config, Failure> {
-    Config::load(arg.config.as_deref()).map_err(Failure::usage)
+    Ok(Config::load(arg.config.as_deref())?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -253,15 +284,15 @@ impl Signals {
 
 fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
-    service::tls_configs(&config).map_err(Failure::usage)?;
-    service::tokens_file(&config).map_err(Failure::usage)?;
+    service::tls_configs(&config)?;
+    service::tokens_file(&config)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }
 
 fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    let loaded = read_unlocked(&config.keys.dir)?;
     match format {
         OutputFormat::Json => println!(
             "{}",
@@ -274,10 +305,9 @@ fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
 
 fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let store = service::open_store(&config).map_err(Failure::failed)?;
-    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))
-        .map_err(Failure::failed)?;
-    let set = manager.rotate(force).map_err(Failure::failed)?;
+    let store = service::open_store(&config)?;
+    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
+    let set = manager.rotate(force)?;
     print!("{}", key_table(&set));
     Ok(())
 }
@@ -302,13 +332,13 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
             phase: args.phase,
         },
     };
-    let run = RunContext::parse(&input).map_err(Failure::usage)?;
+    let run = RunContext::parse(&input)?;
     let request = TokenRequest {
         run,
         audience: args.audience,
         ttl: args.ttl,
     };
-    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    let loaded = read_unlocked(&config.keys.dir)?;
     let current = loaded.set.current();
     // Never outlive what the key's retirement will cover: the server's max_ttl recorded on it.
     let mut policy = config.tokens.clone();
@@ -316,7 +346,7 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
         policy.max_ttl = policy.max_ttl.min(std::time::Duration::from_secs(recorded));
     }
     let issuer = TokenIssuer::new(config.issuer.clone(), policy);
-    let checked = issuer.check(&request).map_err(Failure::usage)?;
+    let checked = issuer.check(&request)?;
     let signer = current
         .and_then(|c| loaded.signers.get(&c.kid))
         .ok_or_else(|| {

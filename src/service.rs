@@ -151,7 +151,8 @@ pub fn tokens_file(config: &Config) -> Result<Option<ApiTokens>, ConfigError> {
         .tokens_file
         .as_ref()
         .map(|path| {
-            ApiTokens::load(path).map_err(|m| ConfigError(vec![Problem::new("api.tokens_file", m)]))
+            ApiTokens::load(path)
+                .map_err(|e| ConfigError(vec![Problem::new("api.tokens_file", e.to_string())]))
         })
         .transpose()
 }

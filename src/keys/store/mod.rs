@@ -297,7 +297,7 @@ fn read_manifest(dir: &KeyDir) -> Result<KeySet, StoreError> {
             manifest.format
         )));
     }
-    manifest.set.check().map_err(corrupt)?;
+    manifest.set.check().map_err(|e| corrupt(e.to_string()))?;
     Ok(manifest.set)
 }
 
