@@ -1,4 +1,4 @@
-//! The commands of SPEC §2: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
+//! The commands of docs/reference.md §1: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
 //! usage or configuration). Each command is a short function over the library.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! The two discovery documents (SPEC §5), rendered once per key set.
+//! The two discovery documents (docs/reference.md §3), rendered once per key set.
 //!
 //! `Documents::render` turns the issuer and a key set into the bytes and strong ETags the
 //! discovery listener serves; handlers never serialize. The document types are public so that

@@ -1,4 +1,4 @@
-//! Observability (SPEC §9): logging set-up, Prometheus metrics and the audit trail.
+//! Observability (docs/reference.md §8): logging set-up, Prometheus metrics and the audit trail.
 //!
 //! Metrics are plain atomics and small maps rendered in the Prometheus text format on scrape; the
 //! audit trail is one `tracing` event per issued token plus, when configured, one JSON line per

@@ -1,4 +1,4 @@
-//! The `tfe-oidc` binary as operators run it (SPEC §2, §3, §4, §9): each test runs the built
+//! The `tfe-oidc` binary as operators run it (docs/reference.md §1, §2, §7, §8): each test runs the built
 //! executable as a subprocess with a clean environment, its own temporary directory and its own
 //! loopback ports, and talks to it over plain HTTP/1.1.
 

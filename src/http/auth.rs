@@ -1,4 +1,4 @@
-//! Bearer authentication of the API listener (SPEC §7).
+//! Bearer authentication of the API listener (docs/reference.md §4).
 //!
 //! The tokens file holds lines `sha256:<hex> <name> [scope,...]`; bearer tokens are never stored
 //! in clear. A presented token is hashed and compared in constant time against every digest. With

@@ -1,4 +1,4 @@
-//! The one mapping from API errors to HTTP status, stable error code and JSON body (SPEC §7).
+//! The one mapping from API errors to HTTP status, stable error code and JSON body (docs/reference.md §4).
 //!
 //! Every `/v1` handler returns `ApiError`; `IntoResponse` below is the only place a status is
 //! chosen. A 4xx says what is wrong and how to fix it, naming the field; a 5xx says nothing of

@@ -1,7 +1,7 @@
 //! The two HTTP listeners: the state they share, the accept loop and graceful shutdown.
 //!
-//! - `internal.rs`: the discovery listener's routes (SPEC §5).
-//! - `api.rs`: the authenticated API's routes (SPEC §7); `auth.rs` its bearer tokens.
+//! - `internal.rs`: the discovery listener's routes (docs/reference.md §3).
+//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens.
 //! - `error.rs`: the one API error → status mapping. `tls.rs`: rustls configuration.
 //!
 //! `serve` owns a listening socket: it refuses peers outside the allow list before any byte is

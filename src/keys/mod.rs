@@ -1,5 +1,5 @@
 //! Signing keys: what a key is (`Kid`, `PublicJwk`, `KeyInfo`), the key set and its lifecycle
-//! states (SPEC §4).
+//! states (docs/reference.md §7).
 //!
 //! - `clock.rs`: the injected clock.
 //! - `lifecycle.rs`: the pure rules (rotate, expire, revoke) that turn one `KeySet` into the next.
