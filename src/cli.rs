@@ -388,13 +388,15 @@ fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let token = auth::new_token();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "token: {}", token.0);
-    let _ = writeln!(
-        out,
-        "tokens file line: {}",
-        auth::tokens_file_line(&token, name, &scopes)
+    let line = auth::tokens_file_line(&token, name, &scopes);
+    // stdout holds exactly two lines, the token then the tokens-file line, each ready to paste
+    // or to take with `head -1` / `tail -1`; what they are goes to stderr.
+    eprintln!(
+        "line 1: the bearer token of caller {name:?}; hand it to the caller, it is stored nowhere\n\
+         line 2: append it to the file named by api.tokens_file, then `kill -HUP` the server"
     );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}\n{line}", token.0);
     Ok(())
 }
 

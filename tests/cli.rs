@@ -352,10 +352,14 @@ fn api_token_new_prints_a_token_whose_line_grants_only_its_scopes() {
         run(tfe_oidc(dir.path()).args(["api-token", "new", "--name", "ci", "--scopes", "tokens"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.find("sha256:").map(|i| l[i..].trim().to_owned()))
-        .unwrap_or_else(|| panic!("no tokens-file line in:\n{stdout}"));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the token, then the tokens-file line:\n{stdout}"
+    );
+    let (token, line) = (lines[0].to_owned(), lines[1].to_owned());
+    assert!(line.starts_with("sha256:"), "{line}");
     let fields: Vec<&str> = line.split(' ').collect();
     assert_eq!(fields.len(), 3, "{line}");
     let digest = fields[0].strip_prefix("sha256:").unwrap();
@@ -366,13 +370,10 @@ fn api_token_new_prints_a_token_whose_line_grants_only_its_scopes() {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     );
     assert_eq!(&fields[1..], ["ci", "tokens"]);
-    let token = stdout
-        .lines()
-        .find(|l| !l.contains("sha256:") && !l.trim().is_empty())
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("no token in:\n{stdout}"))
-        .to_owned();
-    assert!(token.len() >= 32, "{token}");
+    assert!(
+        token.starts_with("tfeoidc_") && token.len() >= 32,
+        "{token}"
+    );
     assert!(!line.contains(&token), "the line holds only the digest");
 
     // Each call makes a new token.
