@@ -119,7 +119,7 @@ fn classify(error: hyper::Error) -> FetchError {
                     | std::io::ErrorKind::ConnectionAborted
             )
         });
-    if error.is_incomplete_message() || error.is_closed() || io_closed {
+    if error.is_incomplete_message() || error.is_closed() || error.is_canceled() || io_closed {
         FetchError::Closed
     } else {
         FetchError::Http(error.to_string())

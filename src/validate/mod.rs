@@ -53,9 +53,9 @@ const NETWORK: &[&str] = &[
     "discovery",
     "discovery_issuer",
     "jwks_uri",
+    "clock",
     "jwks",
     "jwks_keys",
-    "clock",
 ];
 
 /// Runs every check and returns the report.
@@ -140,12 +140,15 @@ async fn fetch_discovery(
     let path = target.discovery_path();
     let answer = fetch::get(conn, &target.authority, &path, options.timeout).await;
     let jwks_path = documents::check_discovery(answer.as_ref(), &options.issuer, target, report);
-    if jwks_path.is_none() {
-        report.skip(&["jwks", "jwks_keys"], "discovery");
-    }
     match &answer {
         Ok(answer) => report.push(clock::check(answer)),
         Err(_) => report.skip(&["clock"], "discovery"),
+    }
+    if jwks_path.is_none() {
+        let failed = ["discovery", "jwks_uri"]
+            .into_iter()
+            .find(|n| !report.passed(n));
+        report.skip(&["jwks", "jwks_keys"], failed.unwrap_or("discovery"));
     }
     jwks_path
 }

@@ -318,9 +318,18 @@ fn certificate_failure(error: &CertificateError, target: &Target, roots: &str) -
         CertificateError::UnknownIssuer => TlsFailure::UnknownCa {
             roots: roots.to_owned(),
         },
+        CertificateError::BadSignature => TlsFailure::UnknownCa {
+            roots: format!(
+                "{roots} (a CA there has the issuer's name but another key: was the CA made again?)"
+            ),
+        },
         CertificateError::NotValidForNameContext { presented, .. } => TlsFailure::WrongName {
             expected: target.host.clone(),
-            presented: presented.join(", "),
+            presented: presented
+                .iter()
+                .map(|n| bare_name(n))
+                .collect::<Vec<_>>()
+                .join(", "),
         },
         CertificateError::NotValidForName => TlsFailure::WrongName {
             expected: target.host.clone(),
@@ -340,6 +349,15 @@ fn certificate_failure(error: &CertificateError, target: &Target, roots: &str) -
         },
         other => TlsFailure::Other(format!("the certificate is not acceptable: {other}")),
     }
+}
+
+/// `DnsName("x")` or `IpAddress(1.2.3.4)` as webpki presents a name: `x`, `1.2.3.4`.
+fn bare_name(presented: &str) -> &str {
+    let inner = match (presented.find('('), presented.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &presented[open + 1..close],
+        _ => presented,
+    };
+    inner.trim_matches('"')
 }
 
 /// A rough duration for messages: `3d`, `5h`, `12m` or `40s`.
