@@ -10,7 +10,6 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use base64::Engine;
@@ -482,8 +481,8 @@ fn real_jwk() -> Value {
 }
 
 /// A fake issuer on plain HTTP (loopback) serving tfe-oidc's discovery document and `keys` as
-/// its JWKS, with `date` as its clock.
-async fn fake(keys: Vec<Value>, date: Option<SystemTime>) -> (FakeIssuer, String) {
+/// its JWKS, its clock `clock_offset` seconds ahead.
+async fn fake(keys: Vec<Value>, clock_offset: i64) -> (FakeIssuer, String) {
     let fake = FakeIssuer::start(|addr| {
         let issuer = format!("http://{addr}");
         let metadata = ProviderMetadata::new(&issuer);
@@ -495,7 +494,7 @@ async fn fake(keys: Vec<Value>, date: Option<SystemTime>) -> (FakeIssuer, String
                 ),
                 (JWKS_PATH.into(), json!({ "keys": keys }).to_string()),
             ],
-            date,
+            clock_offset,
             tls: None,
         }
     })
@@ -507,7 +506,7 @@ async fn fake(keys: Vec<Value>, date: Option<SystemTime>) -> (FakeIssuer, String
 #[tokio::test(flavor = "multi_thread")]
 async fn a_jwks_with_a_short_key_or_a_foreign_kid_fails_jwks_keys() {
     let short = rsa_jwk(None, B64.encode([0xc5u8; 128]));
-    let (_fake, issuer) = fake(vec![real_jwk(), short], None).await;
+    let (_fake, issuer) = fake(vec![real_jwk(), short], 0).await;
     let out = validate_json(&issuer, None, &[]).await;
     assert_fails(&out, "jwks_keys", "key 1: kid", &[]);
     assert!(
@@ -519,7 +518,7 @@ async fn a_jwks_with_a_short_key_or_a_foreign_kid_fails_jwks_keys() {
 
     let mut renamed = real_jwk();
     renamed["kid"] = "k1".into();
-    let (_fake, issuer) = fake(vec![renamed], None).await;
+    let (_fake, issuer) = fake(vec![renamed], 0).await;
     let out = validate_json(&issuer, None, &[]).await;
     assert_fails(&out, "jwks_keys", "kid k1 is not its key's thumbprint", &[]);
     assert_eq!(out.check("jwks")["ok"], true);
@@ -527,12 +526,16 @@ async fn a_jwks_with_a_short_key_or_a_foreign_kid_fails_jwks_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_clock_off_by_minutes_fails_and_by_seconds_warns() {
-    let now = SystemTime::now();
-    let (_fake, issuer) = fake(vec![real_jwk()], Some(now + Duration::from_secs(180))).await;
+    let (_fake, issuer) = fake(vec![real_jwk()], 180).await;
     let out = validate_json(&issuer, None, &[]).await;
-    assert_fails(&out, "clock", "3m ahead of this host's", &[]);
+    assert_fails(
+        &out,
+        "clock",
+        "ahead of this host's: more than Vault's 60s",
+        &[],
+    );
 
-    let (_fake, issuer) = fake(vec![real_jwk()], Some(now - Duration::from_secs(30))).await;
+    let (_fake, issuer) = fake(vec![real_jwk()], -30).await;
     let out = validate_json(&issuer, None, &[]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let check = out.check("clock");
@@ -584,4 +587,26 @@ async fn an_expired_certificate_is_named_as_expired() {
     let out = validate_json(&issuer, ca.to_str(), &[]).await;
     let check = assert_fails(&out, "tls", "the certificate expired", &["discovery"]);
     assert!(check["fix"].as_str().unwrap().contains("renew"), "{check}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_that_demands_client_certificates_is_named_with_vaults_limit() {
+    let server = TestServer::start(Options {
+        tls: true,
+        client_ca: true,
+        ..Default::default()
+    })
+    .await;
+    let out = validate_json(server.issuer(), Some(&ca_of(&server)), &[]).await;
+    // TLS 1.3: the handshake completes on the client's side; the refusal comes with the first
+    // read, so it is the discovery fetch that names it.
+    let check = assert_fails(&out, "discovery", "demands a client certificate", &["jwks"]);
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap()
+            .contains("cannot present a client certificate"),
+        "{check}"
+    );
+    server.stop().await;
 }

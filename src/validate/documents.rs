@@ -11,6 +11,7 @@ use crate::discovery::{JWKS_PATH, Jwk, JwkSet, ProviderMetadata};
 use crate::keys::PublicJwk;
 
 use super::fetch::{Answer, FetchError};
+use super::net::CLIENT_CERTIFICATE_FIX;
 use super::report::{Check, Report};
 use super::target::Target;
 
@@ -56,7 +57,12 @@ fn json_document(
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
-            let fix = "check that this address and port are tfe-oidc's discovery listener and that it runs";
+            let fix = match e {
+                FetchError::ClientCertificate => CLIENT_CERTIFICATE_FIX,
+                _ => {
+                    "check that this address and port are tfe-oidc's discovery listener and that it runs"
+                }
+            };
             report.push(failure(format!("GET {url}: {e}"), fix));
             return None;
         }

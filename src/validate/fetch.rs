@@ -34,6 +34,9 @@ pub enum FetchError {
     Closed,
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
+    /// The TLS 1.3 server refused the (absent) client certificate after the handshake.
+    #[error("the listener demands a client certificate (discovery.client_ca)")]
+    ClientCertificate,
     #[error("the answer is larger than {MAX_BODY} bytes")]
     TooLarge,
     #[error("broken HTTP answer: {0}")]
@@ -119,9 +122,31 @@ fn classify(error: hyper::Error) -> FetchError {
                     | std::io::ErrorKind::ConnectionAborted
             )
         });
+    if matches!(
+        tls_error(&error),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+        ))
+    ) {
+        return FetchError::ClientCertificate;
+    }
     if error.is_incomplete_message() || error.is_closed() || error.is_canceled() || io_closed {
         FetchError::Closed
     } else {
         FetchError::Http(error.to_string())
     }
+}
+
+/// The rustls error under a hyper error, if any.
+fn tls_error(error: &hyper::Error) -> Option<&rustls::Error> {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(e) = source {
+        let io = e.downcast_ref::<std::io::Error>();
+        if let Some(tls) = io.and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>()) {
+            return Some(tls);
+        }
+        source = e.source();
+    }
+    None
 }

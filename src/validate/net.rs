@@ -106,13 +106,16 @@ impl TlsFailure {
             TlsFailure::WrongName { .. } => format!("issue the listener's certificate with a SAN for {host} (an IP SAN for an IP address; deploy/tls/make-certs.sh makes both), or use a name it carries in the issuer"),
             TlsFailure::Expired { .. } => "renew the certificate (deploy/tls/make-certs.sh) and reload tfe-oidc (systemctl reload tfe-oidc)".into(),
             TlsFailure::NotYetValid { .. } => "check this host's clock (NTP), or wait until the certificate's notBefore".into(),
-            TlsFailure::ClientCertificate => "Vault's JWT auth cannot present a client certificate: remove discovery.client_ca, or terminate TLS in a proxy that checks clients and lets Vault through".into(),
+            TlsFailure::ClientCertificate => CLIENT_CERTIFICATE_FIX.into(),
             TlsFailure::NotTls(_) => format!("use http:// if the listener is plain HTTP, or set discovery.tls_cert and tls_key so that {} serves TLS", target.authority),
             TlsFailure::TimedOut(_) => "the port answers TCP but not TLS: check that it is tfe-oidc's discovery listener".into(),
             TlsFailure::Other(_) => "check the listener's certificate and key (tfe-oidc check-config)".into(),
         }
     }
 }
+
+/// The fix when the listener demands a client certificate.
+pub const CLIENT_CERTIFICATE_FIX: &str = "Vault's JWT auth cannot present a client certificate: remove discovery.client_ca, or put a TLS proxy that checks clients in front and let Vault through it";
 
 /// Connects to the target the same way every time.
 pub struct Dialer {

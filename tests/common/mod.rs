@@ -641,8 +641,8 @@ pub struct FakeIssuer {
 pub struct FakeDocuments {
     /// `(path, JSON body)`; other paths answer 404.
     pub routes: Vec<(String, String)>,
-    /// The `Date` header; the current time when `None`.
-    pub date: Option<std::time::SystemTime>,
+    /// Seconds added to the current time in the `Date` header (negative: behind).
+    pub clock_offset: i64,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -702,7 +702,13 @@ where
         Some((_, body)) => ("200 OK", body.as_str()),
         None => ("404 Not Found", "{}"),
     };
-    let date = httpdate::fmt_http_date(documents.date.unwrap_or_else(std::time::SystemTime::now));
+    let offset = std::time::Duration::from_secs(documents.clock_offset.unsigned_abs());
+    let now = std::time::SystemTime::now();
+    let date = match documents.clock_offset >= 0 {
+        true => now + offset,
+        false => now - offset,
+    };
+    let date = httpdate::fmt_http_date(date);
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nDate: {date}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
