@@ -19,7 +19,7 @@ use tfe_oidc::discovery::{CONFIGURATION_PATH, JWKS_PATH, ProviderMetadata};
 use tfe_oidc::keys::{PublicJwk, SigningKey, public_jwk};
 
 use common::{
-    FakeDocuments, FakeIssuer, Options, ServeProcess, TestServer, Validated, free_port, make_certs,
+    FakeDocuments, FakeIssuer, Options, Process, TestServer, Validated, free_port, make_certs,
     validate,
 };
 
@@ -229,7 +229,7 @@ async fn a_certificate_for_another_name_is_a_wrong_name() {
     .unwrap();
     let mut serve = Command::new(binary);
     serve.args(["serve", "--config"]).arg(&config);
-    let mut process = ServeProcess::spawn(serve, dir.path().join("serve.log"));
+    let mut process = Process::spawn("tfe-oidc serve", serve, dir.path().join("serve.log"));
     process.wait_until(|| std::net::TcpStream::connect(("127.0.0.1", aport)).is_ok());
 
     // Vault asked for the address; the certificate names only tfe-oidc.internal.

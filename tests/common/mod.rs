@@ -514,15 +514,16 @@ pub fn make_certs(out: &Path, san: &str) -> Option<()> {
     Some(())
 }
 
-/// A `tfe-oidc serve` child process (started by the caller's `Command`), killed on drop; its
-/// stderr goes to `log`, printed when the test panics.
-pub struct ServeProcess {
+/// A long-running child (`tfe-oidc serve`, `bao server`), killed on drop; its output goes to
+/// `log`, printed when the test panics.
+pub struct Process {
+    pub label: &'static str,
     child: std::process::Child,
     pub log: PathBuf,
 }
 
-impl ServeProcess {
-    pub fn spawn(mut command: Command, log: PathBuf) -> ServeProcess {
+impl Process {
+    pub fn spawn(label: &'static str, mut command: Command, log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).unwrap();
         let child = command
             .stdin(Stdio::null())
@@ -530,7 +531,7 @@ impl ServeProcess {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        ServeProcess { child, log }
+        Process { label, child, log }
     }
 
     /// Polls `ready` every 50 ms for up to 30 s; panics with the log if it never holds or the
@@ -539,11 +540,12 @@ impl ServeProcess {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !ready() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tfe-oidc serve exited with {status}: {}", self.log_text());
+                panic!("{} exited with {status}: {}", self.label, self.log_text());
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "tfe-oidc serve not ready within 30s: {}",
+                "{} not ready within 30s: {}",
+                self.label,
                 self.log_text()
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -555,12 +557,12 @@ impl ServeProcess {
     }
 }
 
-impl Drop for ServeProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- tfe-oidc serve log ---\n{}", self.log_text());
+            eprintln!("--- {} log ---\n{}", self.label, self.log_text());
         }
     }
 }
