@@ -369,6 +369,16 @@ async fn a_closed_port_fails_tcp_and_skips_the_rest_but_is_unreachable() {
     assert_fails(&out, "tcp", "connection refused", rest);
     assert_eq!(names(&out.json()), NETWORK_CHECKS);
 
+    // A token that is not a JWS fails on its own, whatever the network did.
+    let args = ["--issuer", &issuer, "--format", "json", "--token", "-"];
+    let out = validate(&args, Some("a.b.c".into())).await;
+    assert_fails(
+        &out,
+        "token",
+        "the header is not base64url",
+        &TOKEN_CHECKS[1..],
+    );
+
     let out = validate_json(&issuer, None, &["--expect-unreachable"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(

@@ -81,12 +81,15 @@ pub async fn run(options: &Options) -> Report {
     report
 }
 
+/// Why the JWKS is missing: the first network check that failed (not skipped), or the issuer
+/// URL when it named no host.
 fn first_failure(report: &Report) -> &'static str {
-    let network = report.checks.iter().filter(|c| NETWORK.contains(&c.name));
-    network
-        .clone()
-        .find(|c| !c.ok && !c.skipped)
-        .map_or("jwks", |c| c.name)
+    let failed = |c: &&Check| !c.ok && !c.skipped;
+    let checks = report.checks.iter();
+    match checks.filter(failed).find(|c| NETWORK.contains(&c.name)) {
+        Some(check) => check.name,
+        None => target::NAME,
+    }
 }
 
 /// DNS through clock; the JWKS when every key is usable.

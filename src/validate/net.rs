@@ -247,14 +247,13 @@ impl Dialer {
 
     /// The `tls` check of a handshake.
     pub fn tls_check(&self, result: &Result<Conn, DialError>) -> Check {
-        match (result, &self.tls) {
-            (Ok(_), None) => Check::pass("tls", "not used: the issuer is http://"),
-            (Ok(Conn::Tls(stream)), Some(_)) => Check::pass("tls", tls_summary(stream)),
-            (Ok(Conn::Plain(_)), Some(_)) => unreachable!("https targets always use TLS"),
-            (Err(DialError::Tls(failure)), _) => {
+        match result {
+            Ok(Conn::Plain(_)) => Check::pass("tls", "not used: the issuer is http://"),
+            Ok(Conn::Tls(stream)) => Check::pass("tls", tls_summary(stream)),
+            Err(DialError::Tls(failure)) => {
                 Check::fail("tls", failure.to_string(), failure.fix(&self.target))
             }
-            (Err(e), _) => Check::fail(
+            Err(e) => Check::fail(
                 "tls",
                 e.to_string(),
                 "tfe-oidc closes connections from peers outside discovery.allow without a word: add this host's address to discovery.allow",

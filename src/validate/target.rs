@@ -169,7 +169,7 @@ fn form(issuer: &str, target: &Target) -> Check {
             ),
         );
     }
-    let detail = format!("{issuer} is scheme + host + port");
+    let detail = format!("{issuer}: scheme, host and port only");
     if !target.https && !target.ip().is_some_and(is_loopback) {
         return Check::warn(
             NAME,
