@@ -182,6 +182,22 @@ async fn a_trailing_slash_is_named_against_the_served_issuer() {
     server.stop().await;
 }
 
+/// Vault also trusts a server whose own certificate is its `oidc_discovery_ca_pem`; so does
+/// validate, and it says that the dates were not checked on that path.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_own_certificate_as_the_ca_file_passes_as_with_vault() {
+    let server = tls_server().await;
+    let leaf = server.pki.as_ref().unwrap().server_cert.clone();
+    let out = validate_json(server.issuer(), leaf.to_str(), &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let detail = out.check("tls")["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("the certificate itself is in the CA file"),
+        "{detail}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ca_file_without_the_issuers_ca_is_an_unknown_ca() {
     let server = tls_server().await;
@@ -246,6 +262,10 @@ async fn a_certificate_for_another_name_is_a_wrong_name() {
         check["fix"].as_str().unwrap().contains("SAN for 127.0.0.1"),
         "{check}"
     );
+    // Pinning the certificate itself does not excuse the name.
+    let leaf = tls.join("server.pem");
+    let out = validate_json(&issuer, leaf.to_str(), &[]).await;
+    assert_fails(&out, "tls", "is not valid for 127.0.0.1", &["discovery"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,8 @@
 //! reads a configuration file or the key store.
 //!
 //! - `target.rs`: the issuer URL's form and the origin it names.
-//! - `net.rs`: DNS, TCP and TLS, each a check with its own diagnosis.
+//! - `net.rs`: DNS, TCP and TLS, each a check with its own diagnosis; `pinned.rs`: certificate
+//!   verification that, like Vault, also accepts the server's own certificate as the CA file.
 //! - `fetch.rs`: one HTTP/1.1 GET over a connection `net.rs` made.
 //! - `documents.rs`: the discovery document and the JWKS. `clock.rs`: the `Date` comparison.
 //! - `token.rs`: `--token` against the JWKS and TFE's claim form.
@@ -19,6 +20,7 @@ pub mod command;
 mod documents;
 mod fetch;
 pub mod net;
+mod pinned;
 pub mod report;
 mod target;
 pub mod token;
