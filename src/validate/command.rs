@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE, Failure, OutputFormat, ValidateArgs};
 
-use super::net::Roots;
+use super::tls::Roots;
 use super::token::TokenText;
 use super::{Options, run};
 

@@ -11,9 +11,9 @@ use crate::discovery::{JWKS_PATH, Jwk, JwkSet, ProviderMetadata};
 use crate::keys::PublicJwk;
 
 use super::fetch::{Answer, FetchError};
-use super::net::CLIENT_CERTIFICATE_FIX;
 use super::report::{Check, Report};
 use super::target::Target;
+use super::tls::CLIENT_CERTIFICATE_FIX;
 
 /// The smallest RSA modulus accepted, in bits.
 const MIN_BITS: usize = 2048;

@@ -7,7 +7,8 @@
 //! reads a configuration file or the key store.
 //!
 //! - `target.rs`: the issuer URL's form and the origin it names.
-//! - `net.rs`: DNS, TCP and TLS, each a check with its own diagnosis; `pinned.rs`: certificate
+//! - `net.rs`: DNS, TCP and TLS, each a check with its own diagnosis; `tls.rs`: the roots, the
+//!   client configuration and what a failed handshake means; `pinned.rs`: certificate
 //!   verification that, like Vault, also accepts the server's own certificate as the CA file.
 //! - `fetch.rs`: one HTTP/1.1 GET over a connection `net.rs` made.
 //! - `documents.rs`: the discovery document and the JWKS. `clock.rs`: the `Date` comparison.
@@ -23,14 +24,16 @@ pub mod net;
 mod pinned;
 pub mod report;
 mod target;
+pub mod tls;
 pub mod token;
 
 use std::time::Duration;
 
 use crate::discovery::JwkSet;
 use fetch::FetchError;
-use net::{Conn, DialError, Dialer, Roots};
+use net::{Conn, DialError, Dialer};
 use report::{Check, Report};
+use tls::Roots;
 use token::TokenText;
 
 /// What to validate and how.
