@@ -16,6 +16,7 @@ use crate::keys::{KeySet, SystemClock, listing};
 use crate::service::{self, StartError};
 use crate::token::claims::{FieldError, NamedInput, RunContext, RunIdInput, RunInput};
 use crate::token::{TokenIssuer, TokenRequest};
+use crate::validate::command::ValidateError;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
@@ -177,7 +178,7 @@ pub fn run(cli: Cli) -> ExitCode {
             TokenCommand::Issue(args) => token_issue(args),
         },
         Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
-        Command::Validate(args) => crate::validate::command::command(args),
+        Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -247,6 +248,15 @@ impl From<StoreError> for Failure {
 impl From<ManagerError> for Failure {
     fn from(e: ManagerError) -> Failure {
         Failure::failed(e)
+    }
+}
+
+impl From<ValidateError> for Failure {
+    fn from(e: ValidateError) -> Failure {
+        match e {
+            ValidateError::CaFile { .. } | ValidateError::Token { .. } => Failure::usage(e),
+            ValidateError::Runtime(_) | ValidateError::ChecksFailed { .. } => Failure::failed(e),
+        }
     }
 }
 
