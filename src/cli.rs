@@ -16,6 +16,7 @@ use crate::keys::{KeySet, SystemClock, listing};
 use crate::service::{self, StartError};
 use crate::token::claims::{FieldError, NamedInput, RunContext, RunIdInput, RunInput};
 use crate::token::{TokenIssuer, TokenRequest};
+use crate::validate::command::ValidateError;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
@@ -73,6 +74,8 @@ pub enum Command {
     /// Manage API bearer tokens.
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
+    /// Check discovery, keys and (optionally) a token from where Vault runs.
+    Validate(ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +144,28 @@ pub enum ApiTokenCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The issuer URL exactly as Vault is given it (oidc_discovery_url and bound_issuer).
+    #[arg(long)]
+    pub issuer: String,
+    /// PEM CA certificate(s) for the discovery listener, as Vault's oidc_discovery_ca_pem
+    /// (default: this host's trust store).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A run identity token to check: a file, or - for stdin. It is never printed.
+    #[arg(long, conflicts_with = "expect_unreachable")]
+    pub token: Option<String>,
+    /// The audience Vault's role expects (default vault.workload.identity).
+    #[arg(long, requires = "token")]
+    pub audience: Option<String>,
+    /// Pass only when the discovery listener cannot be reached from here.
+    #[arg(long)]
+    pub expect_unreachable: bool,
+    #[arg(long, default_value = "text")]
+    pub format: OutputFormat,
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init_logging(cli.log_format == LogFormat::Json);
@@ -153,6 +178,7 @@ pub fn run(cli: Cli) -> ExitCode {
             TokenCommand::Issue(args) => token_issue(args),
         },
         Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
+        Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,6 +248,15 @@ impl From<StoreError> for Failure {
 impl From<ManagerError> for Failure {
     fn from(e: ManagerError) -> Failure {
         Failure::failed(e)
+    }
+}
+
+impl From<ValidateError> for Failure {
+    fn from(e: ValidateError) -> Failure {
+        match e {
+            ValidateError::CaFile { .. } | ValidateError::Token { .. } => Failure::usage(e),
+            ValidateError::Runtime(_) | ValidateError::ChecksFailed { .. } => Failure::failed(e),
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (docs/reference.md §3, §4).
 //! - [`telemetry`]: logging, Prometheus metrics and the audit trail (docs/reference.md §8).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
+//! - [`validate`]: the network validator, run where Vault runs; never touches the key store.
 //! - [`cli`]: the commands of docs/reference.md §1 and their exit statuses.
 
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod keys;
 pub mod service;
 pub mod telemetry;
 pub mod token;
+pub mod validate;
