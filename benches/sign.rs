@@ -134,7 +134,7 @@ fn request() -> TokenRequest {
     })
     .expect("a valid run");
     TokenRequest {
-        run,
+        subject: run.into(),
         audience: None,
         ttl: None,
     }

@@ -5,7 +5,8 @@
 //! - [`config`]: the TOML file, `TFE_OIDC_*` overrides and every validation rule (SPEC §3).
 //! - [`keys`]: signing keys, their lifecycle, the crash-safe key store and the single writer
 //!   that rotates and publishes them (SPEC §4).
-//! - [`token`]: run identity inputs, TFE's claim set and RS256 signing (SPEC §6).
+//! - [`token`]: the token kinds TFE signs (workspace runs, module tests, Stacks deployments),
+//!   their input rules and claim sets, and RS256 signing.
 //! - [`discovery`]: the OpenID configuration and JWKS documents, rendered once per key set (SPEC §5).
 //! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (SPEC §5, §7).
 //! - [`telemetry`]: logging, Prometheus metrics and the audit trail (SPEC §9).

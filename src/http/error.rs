@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::keys::manager::ManagerError;
 use crate::token::claims::FieldError;
+use crate::token::kinds::InputError;
 
 /// An error answered by the API listener.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,15 @@ impl From<FieldError> for ApiError {
         ApiError::InvalidRequest {
             message: e.message,
             field: Some(e.field),
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> ApiError {
+        match e {
+            InputError::Field(e) => e.into(),
+            other => ApiError::invalid(other.field(), other.to_string()),
         }
     }
 }
