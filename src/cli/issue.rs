@@ -56,16 +56,16 @@ pub struct IssueArgs {
     )]
     pub stack: Option<String>,
     /// Stack ID (st-…).
-    #[arg(long, requires = "stack")]
+    #[arg(long, requires = "stack", conflicts_with_all = ["workspace", "module"])]
     pub stack_id: Option<String>,
     /// Stacks deployment name.
-    #[arg(long, requires = "stack")]
+    #[arg(long, requires = "stack", conflicts_with_all = ["workspace", "module"])]
     pub deployment: Option<String>,
     /// Stacks operation: plan or apply.
-    #[arg(long, requires = "stack")]
+    #[arg(long, requires = "stack", conflicts_with_all = ["workspace", "module"])]
     pub operation: Option<String>,
     /// Stack plan ID (sp-…).
-    #[arg(long, requires = "stack")]
+    #[arg(long, requires = "stack", conflicts_with_all = ["workspace", "module"])]
     pub plan_id: Option<String>,
     #[arg(long)]
     pub audience: Option<String>,
