@@ -184,7 +184,11 @@ async fn injection_into_every_new_name_field_is_refused_naming_the_field() {
         for name in attempts {
             let mut body = body.clone();
             body[object]["name"] = name.into();
-            refused(&server, &body, Some(field)).await;
+            let message = refused(&server, &body, Some(field)).await;
+            assert!(
+                !message.starts_with(field),
+                "the field is not repeated: {message}"
+            );
         }
     }
     // IDs carry their kind's prefix.

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::keys::manager::ManagerError;
 use crate::token::claims::FieldError;
 use crate::token::kinds::InputError;
+use crate::token::stack::StackError;
 
 /// An error answered by the API listener.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +97,10 @@ impl From<FieldError> for ApiError {
 impl From<InputError> for ApiError {
     fn from(e: InputError) -> ApiError {
         match e {
-            InputError::Field(e) => e.into(),
-            other => ApiError::invalid(other.field(), other.to_string()),
+            InputError::Field(e) | InputError::Stack(StackError::Field(e)) => e.into(),
+            InputError::Stack(e @ StackError::SubjectTooLong(_)) => {
+                ApiError::invalid(None, e.to_string())
+            }
         }
     }
 }

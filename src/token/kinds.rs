@@ -5,7 +5,7 @@
 //! kind is refused by name rather than ignored. Each kind has its own context (validated
 //! inputs), `sub`, claim set, `nbf` offset and TTL bounds; `Subject` holds one of them.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::claims::{Audience, Claims, NamedInput, RunContext, RunIdInput, RunInput, RunPhase};
 use super::input::FieldError;
@@ -38,21 +38,35 @@ pub const CLAIM_NAMES: &[&str] = &[
     "terraform_plan_id",
 ];
 
-/// Every member a `POST /v1/tokens` body (or `token issue`'s flags) may carry.
+/// Every member a `POST /v1/tokens` body (or `token issue`'s flags) may carry. A member is
+/// absent or a value of its type: `null` is refused like any other wrong type.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
     pub organization: NamedInput,
+    #[serde(default, deserialize_with = "present")]
     pub project: Option<NamedInput>,
+    #[serde(default, deserialize_with = "present")]
     pub workspace: Option<NamedInput>,
+    #[serde(default, deserialize_with = "present")]
     pub run: Option<RunIdInput>,
+    #[serde(default, deserialize_with = "present")]
     pub module: Option<ModuleInput>,
+    #[serde(default, deserialize_with = "present")]
     pub stack: Option<NamedInput>,
+    #[serde(default, deserialize_with = "present")]
     pub deployment: Option<DeploymentInput>,
+    #[serde(default, deserialize_with = "present")]
     pub operation: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub plan: Option<PlanInput>,
     pub audience: Option<String>,
     pub ttl: Option<String>,
+}
+
+/// A member that is there: its value, never `null`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A request's inputs that are not acceptable.
@@ -358,6 +372,25 @@ mod tests {
         assert_eq!(
             field_of(&format!(r#"{RUN},"plan":{{"id":"sp-a"}}"#)),
             "plan"
+        );
+    }
+
+    #[test]
+    fn a_null_member_is_refused_not_taken_as_absent() {
+        let body = format!(r#"{{{ORG},{MODULE},"workspace":null}}"#);
+        assert!(serde_json::from_str::<TokenInput>(&body).is_err());
+    }
+
+    #[test]
+    fn run_claims_serialize_as_before_the_kinds() {
+        let Subject::Run(run) = parse(RUN).unwrap() else {
+            panic!("a run")
+        };
+        let aud = Audience::parse("a").unwrap();
+        let claims = Claims::new(&run, "https://x", &aud, "j".into(), 1000, 2000);
+        assert_eq!(
+            serde_json::to_string(&TokenClaims::Run(claims.clone())).unwrap(),
+            serde_json::to_string(&claims).unwrap()
         );
     }
 
