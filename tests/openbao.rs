@@ -12,13 +12,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
+use tfe_oidc::http::ApiState;
 use tfe_oidc::keys::{FakeClock, SigningKey};
 use tfe_oidc::token::claims::Claims;
 
@@ -121,8 +122,12 @@ async fn rotations(server: &TestServer) -> u64 {
     sample_sum(&metrics(server).await, "tfe_oidc_key_rotations_total ")
 }
 
-/// JWKS fetches the tests themselves made, per running service (its `AppState`).
-static OWN_JWKS_FETCHES: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
+/// JWKS fetches the tests themselves made, per running service (its `ApiState`). Each entry
+/// holds a `Weak` to that state, which keeps its allocation, and so the address that keys the
+/// entry, from being reused by a service another test starts later: a reused address made a
+/// restarted service inherit a stopped one's count.
+type OwnFetches = BTreeMap<usize, (Weak<ApiState>, u64)>;
+static OWN_JWKS_FETCHES: Mutex<OwnFetches> = Mutex::new(BTreeMap::new());
 
 fn service_id(server: &TestServer) -> usize {
     Arc::as_ptr(&server.running.state) as usize
@@ -135,18 +140,18 @@ async fn jwks_fetches(server: &TestServer) -> u64 {
         .lock()
         .unwrap()
         .get(&service_id(server))
-        .copied()
-        .unwrap_or(0);
+        .map_or(0, |(_, count)| *count);
     sample_sum(&metrics(server).await, JWKS_FETCHES) - own
 }
 
 /// The kids in the served JWKS.
 async fn published_kids(server: &TestServer) -> BTreeSet<String> {
-    *OWN_JWKS_FETCHES
+    OWN_JWKS_FETCHES
         .lock()
         .unwrap()
         .entry(service_id(server))
-        .or_default() += 1;
+        .or_insert_with(|| (Arc::downgrade(&server.running.state), 0))
+        .1 += 1;
     common::jwks_kids(&server.jwks().await)
 }
 
