@@ -137,7 +137,7 @@ fn run_request(ttl: u64) -> TokenRequest {
     })
     .unwrap();
     TokenRequest {
-        run,
+        subject: run.into(),
         audience: None,
         ttl: Some(format!("{ttl}s")),
     }

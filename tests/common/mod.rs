@@ -241,6 +241,13 @@ impl TestServer {
         body
     }
 
+    /// Mints the token of `body`, panicking unless the API answers 200.
+    pub async fn mint_body(&self, body: &Value) -> Value {
+        let (status, answer) = self.post_token(body).await;
+        assert_eq!(status, 200, "minting {body} failed: {answer}");
+        answer
+    }
+
     pub async fn jwks(&self) -> Value {
         self.client()
             .get(self.discovery_url("/.well-known/jwks"))
@@ -356,6 +363,28 @@ pub fn run_body(org: &str, workspace: &str, phase: &str) -> Value {
         "project": {"id": "prj-vegSA59s1XPwMr2t", "name": "Default Project"},
         "workspace": {"id": "ws-mbsd5E3Ktt5Rg2Xm", "name": workspace},
         "run": {"id": "run-X3n1AUXNGWbfECsJ", "phase": phase},
+    })
+}
+
+/// A valid `POST /v1/tokens` body for a module-test token of `module` in organization `org`.
+pub fn module_test_body(org: &str, module: &str) -> Value {
+    json!({
+        "organization": {"id": "org-GRNbCjYNpBB6NEH9", "name": org},
+        "module": {"name": module},
+        "run": {"id": "trun-KFg8DSiRz4E37mdJ", "phase": "plan"},
+    })
+}
+
+/// A valid `POST /v1/tokens` body for a Stacks deployment token of acme's stack `network` in
+/// `Default Project`.
+pub fn stack_body(deployment: &str, operation: &str) -> Value {
+    json!({
+        "organization": {"id": "org-GRNbCjYNpBB6NEH9", "name": "acme"},
+        "project": {"id": "prj-vegSA59s1XPwMr2t", "name": "Default Project"},
+        "stack": {"id": "st-Ab12Cd34Ef56Gh78", "name": "network"},
+        "deployment": {"name": deployment},
+        "operation": operation,
+        "plan": {"id": "sp-Zx98Yw76Vu54Ts32"},
     })
 }
 
