@@ -1,8 +1,59 @@
-//! The forms single values must have: the issuer URL, addresses, loopback, audience globs.
+//! The forms single values must have: the issuer URL, addresses, loopback, audience globs, RSA key
+//! sizes.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+/// Why a value does not have its form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    /// Neither an IP address nor a CIDR block.
+    #[error("{0:?} is not an address or CIDR block such as 10.0.7.0/24")]
+    Cidr(String),
+    /// An RSA key size other than 2048, 3072 or 4096 bits.
+    #[error("must be 2048, 3072 or 4096")]
+    RsaBits(i64),
+}
+
+/// The size of the RSA keys the service creates. Keys already in the store keep their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RsaBits {
+    #[default]
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl RsaBits {
+    pub fn bits(self) -> u32 {
+        match self {
+            RsaBits::Rsa2048 => 2048,
+            RsaBits::Rsa3072 => 3072,
+            RsaBits::Rsa4096 => 4096,
+        }
+    }
+}
+
+impl TryFrom<i64> for RsaBits {
+    type Error = FormError;
+
+    fn try_from(bits: i64) -> Result<RsaBits, FormError> {
+        match bits {
+            2048 => Ok(RsaBits::Rsa2048),
+            3072 => Ok(RsaBits::Rsa3072),
+            4096 => Ok(RsaBits::Rsa4096),
+            other => Err(FormError::RsaBits(other)),
+        }
+    }
+}
+
+impl fmt::Display for RsaBits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.bits())
+    }
+}
 
 /// Checks the issuer form: scheme + host [+ port], nothing else. Returns whether it is https.
 pub fn check_issuer(text: &str) -> Result<bool, String> {
@@ -34,10 +85,10 @@ pub fn check_issuer(text: &str) -> Result<bool, String> {
     Ok(https)
 }
 
-pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+pub(super) fn parse_cidr(text: &str) -> Result<IpNet, FormError> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an address or CIDR block such as 10.0.7.0/24"))
+        .map_err(|_| FormError::Cidr(text.to_owned()))
 }
 
 pub fn is_loopback(ip: IpAddr) -> bool {
@@ -87,6 +138,38 @@ mod tests {
         ] {
             assert!(check_issuer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rsa_bits_are_the_three_sizes_only() {
+        for (n, bits) in [
+            (2048, RsaBits::Rsa2048),
+            (3072, RsaBits::Rsa3072),
+            (4096, RsaBits::Rsa4096),
+        ] {
+            assert_eq!(RsaBits::try_from(n), Ok(bits));
+            assert_eq!(i64::from(bits.bits()), n);
+            assert_eq!(bits.to_string(), n.to_string());
+        }
+        for n in [0, -2048, 1024, 2047, 2049, 4097, 8192] {
+            let error = RsaBits::try_from(n).unwrap_err();
+            assert_eq!(error, FormError::RsaBits(n));
+            assert_eq!(error.to_string(), "must be 2048, 3072 or 4096");
+        }
+        assert_eq!(RsaBits::default(), RsaBits::Rsa2048);
+    }
+
+    #[test]
+    fn cidr_takes_blocks_and_single_addresses() {
+        assert_eq!(
+            parse_cidr("10.0.7.0/24").unwrap().to_string(),
+            "10.0.7.0/24"
+        );
+        assert_eq!(parse_cidr("fd00::1").unwrap().to_string(), "fd00::1/128");
+        assert_eq!(
+            parse_cidr("10.0.0.0/33").unwrap_err().to_string(),
+            "\"10.0.0.0/33\" is not an address or CIDR block such as 10.0.7.0/24"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod raw;
 
 pub use describe::{describe, short_duration};
 use forms::parse_cidr;
-pub use forms::{check_issuer, glob_match, is_loopback};
+pub use forms::{FormError, RsaBits, check_issuer, glob_match, is_loopback};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -32,10 +32,10 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(key: &str, message: impl Into<String>) -> Problem {
+    pub fn new(key: &str, message: impl fmt::Display) -> Problem {
         Problem {
             key: key.to_owned(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -101,7 +101,7 @@ pub enum StoreKind {
 pub struct KeysConfig {
     pub store: StoreKind,
     pub dir: PathBuf,
-    pub rsa_bits: usize,
+    pub rsa_bits: RsaBits,
     pub rotation_period: Duration,
 }
 
@@ -387,10 +387,14 @@ fn keys(raw: &Raw, problems: &mut Vec<Problem>) -> Option<KeysConfig> {
             None
         }
     };
-    let rsa_bits = raw.int("keys.rsa_bits").unwrap_or(2048);
-    if ![2048, 3072, 4096].contains(&rsa_bits) {
-        problems.push(Problem::new("keys.rsa_bits", "must be 2048, 3072 or 4096"));
-    }
+    let rsa_bits = match raw.int("keys.rsa_bits").map(RsaBits::try_from) {
+        None => Some(RsaBits::default()),
+        Some(Ok(bits)) => Some(bits),
+        Some(Err(e)) => {
+            problems.push(Problem::new("keys.rsa_bits", e));
+            None
+        }
+    };
     let rotation_period = raw
         .duration("keys.rotation_period")
         .unwrap_or(Duration::from_secs(24 * 3600));
@@ -404,7 +408,7 @@ fn keys(raw: &Raw, problems: &mut Vec<Problem>) -> Option<KeysConfig> {
     Some(KeysConfig {
         store: store?,
         dir: PathBuf::from(dir),
-        rsa_bits: rsa_bits as usize,
+        rsa_bits: rsa_bits?,
         rotation_period,
     })
 }
@@ -480,6 +484,17 @@ mod tests {
             "issuer",
         ] {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn rsa_bits_is_one_of_three_sizes_and_never_falls_back() {
+        assert_eq!(load("", &[]).unwrap().keys.rsa_bits, RsaBits::Rsa2048);
+        let config = load("[keys]\nrsa_bits = 4096\n", &[]).unwrap();
+        assert_eq!(config.keys.rsa_bits, RsaBits::Rsa4096);
+        for bits in ["1024", "2047", "8192"] {
+            let env = [("TFE_OIDC_KEYS_RSA_BITS", bits)];
+            assert_eq!(load("", &env).unwrap_err(), ["keys.rsa_bits"], "{bits}");
         }
     }
 
