@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use invariant::{Minted, Rng, kids, parse_jwks, seed, verify};
-use tfe_oidc::config::{RsaBits, TokenPolicy};
+use tfe_oidc::config::{Issuer, RsaBits, TokenPolicy};
 use tfe_oidc::discovery::Rendered;
 use tfe_oidc::discovery::{Documents, JwkSet};
 use tfe_oidc::keys::lifecycle::{Policy, RETIRE_MARGIN_SECS, RotateRefused};
@@ -145,7 +145,7 @@ fn run_request(ttl: u64) -> TokenRequest {
 
 fn issuer_for(policy: &Policy) -> TokenIssuer {
     TokenIssuer::new(
-        ISSUER.into(),
+        Issuer::parse(ISSUER).unwrap(),
         TokenPolicy {
             default_audience: Audience::parse(AUDIENCE).unwrap(),
             audiences: vec![AUDIENCE.into()],

@@ -1,5 +1,5 @@
-//! The forms single values must have: the issuer URL, addresses, loopback, audience globs, RSA key
-//! sizes.
+//! The forms single values must have: addresses, loopback, audience globs, RSA key sizes. The
+//! issuer's form is `issuer.rs`'s.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -55,36 +55,6 @@ impl fmt::Display for RsaBits {
     }
 }
 
-/// Checks the issuer form: scheme + host [+ port], nothing else. Returns whether it is https.
-pub fn check_issuer(text: &str) -> Result<bool, String> {
-    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = text.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "{text:?} must start with https:// (or http:// on loopback)"
-        ));
-    };
-    if rest.is_empty() {
-        return Err(format!("{text:?} has no host"));
-    }
-    if let Some(c) = rest
-        .chars()
-        .find(|c| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "{text:?} must be scheme + host [+ port] only: no path, query, fragment, user or trailing slash (found {c:?})"
-        ));
-    }
-    if rest.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "{text:?} must be lowercase: verifiers compare the issuer byte for byte"
-        ));
-    }
-    Ok(https)
-}
-
 pub(super) fn parse_cidr(text: &str) -> Result<IpNet, FormError> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
@@ -123,22 +93,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn issuer_form_is_strict() {
-        assert_eq!(check_issuer("https://tfe.example.com:8443"), Ok(true));
-        assert_eq!(check_issuer("http://127.0.0.1:8443"), Ok(false));
-        for bad in [
-            "https://tfe.example.com/",
-            "https://x/path",
-            "ftp://x",
-            "https://",
-            "https://X.com",
-            "https://a?b",
-        ] {
-            assert!(check_issuer(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn rsa_bits_are_the_three_sizes_only() {

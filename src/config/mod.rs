@@ -3,16 +3,18 @@
 //! `Config::load` reads the TOML file (or none: the embedded defaults), applies `TFE_OIDC_*`
 //! overrides, and checks every rule, returning all problems at once. Everything after this module
 //! trusts a `Config`. Parsing text into typed values is `raw.rs`'s job, the forms of single values
-//! (issuer, CIDR, glob) are `forms.rs`'s, and `describe.rs` renders the effective settings; this
+//! are `issuer.rs`'s and `forms.rs`'s (CIDR, glob, RSA key size), and `describe.rs` renders the effective settings; this
 //! module owns defaults and the rules between keys. It does not open sockets or read keys.
 
 mod describe;
 mod forms;
+mod issuer;
 pub mod raw;
 
 pub use describe::{describe, short_duration};
 use forms::parse_cidr;
-pub use forms::{FormError, RsaBits, check_issuer, glob_match, is_loopback};
+pub use forms::{FormError, RsaBits, glob_match, is_loopback};
+pub use issuer::{Issuer, IssuerError, check_issuer};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -115,7 +117,7 @@ pub struct ExchangeConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `iss` of every token and `issuer` of the discovery document, byte for byte.
-    pub issuer: String,
+    pub issuer: Issuer,
     pub discovery: ListenerConfig,
     pub jwks_max_age: Duration,
     pub api: ListenerConfig,
@@ -413,29 +415,26 @@ fn keys(raw: &Raw, problems: &mut Vec<Problem>) -> Option<KeysConfig> {
     })
 }
 
-fn issuer(raw: &Raw, discovery: &ListenerConfig, problems: &mut Vec<Problem>) -> Option<String> {
+fn issuer(raw: &Raw, discovery: &ListenerConfig, problems: &mut Vec<Problem>) -> Option<Issuer> {
     let on_loopback = is_loopback(discovery.listen.ip());
-    let Some(text) = raw.str("issuer") else {
-        if on_loopback {
+    let parsed = match raw.str("issuer") {
+        Some(text) => Issuer::parse_for(text, on_loopback || discovery.insecure_http),
+        None if on_loopback => {
             let scheme = if discovery.tls.is_some() {
                 "https"
             } else {
                 "http"
             };
-            return Some(format!("{scheme}://{}", discovery.listen));
+            Issuer::parse(&format!("{scheme}://{}", discovery.listen))
         }
-        problems.push(Problem::new("issuer", "is required when the discovery listener is not on loopback (e.g. \"https://tfe.example.com\")"));
-        return None;
+        None => {
+            problems.push(Problem::new("issuer", "is required when the discovery listener is not on loopback (e.g. \"https://tfe.example.com\")"));
+            return None;
+        }
     };
-    match check_issuer(text) {
-        Err(why) => problems.push(Problem::new("issuer", why)),
-        Ok(false) if !on_loopback && !discovery.insecure_http => problems.push(Problem::new(
-            "issuer",
-            "http:// is allowed only when the discovery listener is on loopback (or discovery.insecure_http = true); use https://",
-        )),
-        Ok(_) => {}
-    }
-    Some(text.to_owned())
+    parsed
+        .map_err(|e| problems.push(Problem::new("issuer", e)))
+        .ok()
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
-use crate::config::TokenPolicy;
+use crate::config::{Issuer, TokenPolicy};
 use crate::keys::{Kid, SigningKey, UnixTime};
 use claims::{Audience, Claims, FieldError, RunContext};
 
@@ -45,12 +45,12 @@ impl std::fmt::Debug for IssuedToken {
 /// Applies the token policy and signs.
 #[derive(Debug, Clone)]
 pub struct TokenIssuer {
-    issuer: String,
+    issuer: Issuer,
     policy: TokenPolicy,
 }
 
 impl TokenIssuer {
-    pub fn new(issuer: String, policy: TokenPolicy) -> TokenIssuer {
+    pub fn new(issuer: Issuer, policy: TokenPolicy) -> TokenIssuer {
         TokenIssuer { issuer, policy }
     }
 
