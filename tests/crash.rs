@@ -1,5 +1,5 @@
-//! SPEC §4's invariant across crashes: real `tfe-oidc` processes killed with SIGKILL at random
-//! instants, on a real key directory.
+//! The key lifecycle's invariant across crashes: real `tfe-oidc` processes killed with SIGKILL at
+//! random instants, on a real key directory.
 //!
 //! > at every instant and across restarts and crashes: every unexpired token that was handed out
 //! > has its kid in the JWKS served; no token is signed by a key that was not already in the

@@ -1,4 +1,4 @@
-//! SPEC §4's invariant, driven by a fake clock so that months of rotations take seconds:
+//! The key lifecycle's invariant, driven by a fake clock so that months of rotations take seconds:
 //!
 //! > at every instant and across restarts and crashes: every unexpired token that was handed out
 //! > has its kid in the JWKS served; no token is signed by a key that was not already in the
