@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tfe_oidc::config::TokenPolicy;
+use tfe_oidc::config::{Issuer, TokenPolicy};
 use tfe_oidc::keys::SigningKey;
 use tfe_oidc::token::claims::{Audience, NamedInput, RunContext, RunIdInput, RunInput};
 use tfe_oidc::token::kinds::TokenClaims;
@@ -56,7 +56,7 @@ fn main() {
     let pkcs1 = Arc::new(pkcs1_of_pkcs8(pkcs8.as_ref()).to_vec());
     let key = Arc::new(SigningKey::new(pair));
     let issuer = Arc::new(TokenIssuer::new(
-        "https://tfe.example.com".into(),
+        Issuer::parse("https://tfe.example.com").unwrap(),
         TokenPolicy {
             default_audience: Audience::parse("vault.workload.identity").unwrap(),
             audiences: vec!["vault.workload.identity".into()],

@@ -18,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
-use crate::config::TokenPolicy;
+use crate::config::{Issuer, TokenPolicy};
 use crate::keys::{Kid, SigningKey, UnixTime};
 use claims::{Audience, FieldError};
 use kinds::{InputError, Kind, Subject, TokenClaims, TokenInput};
@@ -64,12 +64,12 @@ impl std::fmt::Debug for IssuedToken {
 /// Applies the token policy and signs.
 #[derive(Debug, Clone)]
 pub struct TokenIssuer {
-    issuer: String,
+    issuer: Issuer,
     policy: TokenPolicy,
 }
 
 impl TokenIssuer {
-    pub fn new(issuer: String, policy: TokenPolicy) -> TokenIssuer {
+    pub fn new(issuer: Issuer, policy: TokenPolicy) -> TokenIssuer {
         TokenIssuer { issuer, policy }
     }
 
