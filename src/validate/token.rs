@@ -1,4 +1,5 @@
-//! `--token`: a run identity token checked the way Vault's JWT login checks it, against the
+//! `--token`: an identity token (a workspace run's, a module test's or a Stacks deployment's)
+//! checked the way Vault's JWT login checks it, against the
 //! served JWKS and TFE's claim form ([`crate::token::claims`]). The token is a login credential:
 //! only its kid and claims are ever printed, never the token.
 
@@ -11,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
 
 use crate::discovery::{Jwk, JwkSet};
-use crate::token::claims::{CLAIM_NAMES, Claims, NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::claims::{Claims, NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::module_test::{ModuleInput, ModuleTestClaims, ModuleTestContext};
+use crate::token::stack::{DeploymentInput, PlanInput, StackClaims, StackContext, StackInput};
 
 use super::net::span;
 use super::report::{Check, Report};
@@ -160,39 +163,109 @@ fn claims_check(claims: &Map<String, Value>, issuer: &str) -> Check {
     }
 }
 
-/// The token's `sub` when the claims are exactly TFE's, consistent, for `issuer`.
+/// The claim names of each kind of token TFE signs.
+const RUN_CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_project_id",
+    "terraform_project_name",
+    "terraform_workspace_id",
+    "terraform_workspace_name",
+    "terraform_full_workspace",
+    "terraform_run_id",
+    "terraform_run_phase",
+];
+const MODULE_TEST_CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_run_phase",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_run_id",
+];
+const STACK_CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_operation",
+    "terraform_stack_deployment_name",
+    "terraform_stack_id",
+    "terraform_stack_name",
+    "terraform_project_id",
+    "terraform_project_name",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_plan_id",
+];
+
+/// A token's `sub`, and the `sub` its other claims make.
+type SubjectOf = fn(&Value) -> Result<(String, String), String>;
+
+/// The token's `sub` when the claims are exactly those of one of TFE's token kinds, consistent,
+/// for `issuer`. The kind is told by the claim that only it carries.
 fn claims_problem(claims: &Map<String, Value>, issuer: &str) -> Result<String, String> {
-    let names: Vec<&str> = claims.keys().map(String::as_str).collect();
-    let missing: Vec<&&str> = CLAIM_NAMES.iter().filter(|n| !names.contains(n)).collect();
-    let extra: Vec<&&str> = names.iter().filter(|n| !CLAIM_NAMES.contains(n)).collect();
+    let (names, expected_sub): (&[&str], SubjectOf) =
+        if claims.contains_key("terraform_stack_id") {
+            (STACK_CLAIMS, stack_subject)
+        } else if claims.contains_key("terraform_workspace_id") {
+            (RUN_CLAIMS, run_subject)
+        } else {
+            (MODULE_TEST_CLAIMS, module_test_subject)
+        };
+    let present: Vec<&str> = claims.keys().map(String::as_str).collect();
+    let missing: Vec<&&str> = names.iter().filter(|n| !present.contains(n)).collect();
+    let extra: Vec<&&str> = present.iter().filter(|n| !names.contains(n)).collect();
     if !missing.is_empty() || !extra.is_empty() {
         return Err(format!("claims missing {missing:?}, unexpected {extra:?}"));
     }
-    let c: Claims = serde_json::from_value(Value::Object(claims.clone()))
-        .map_err(|e| format!("a claim has the wrong type: {e}"))?;
-    if c.iss != issuer {
+    let value = Value::Object(claims.clone());
+    let (sub, expected) = expected_sub(&value)?;
+    let str_claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
+    if str_claim("iss") != issuer {
         return Err(format!(
             "iss is {} but the issuer is {issuer}: Vault's bound_issuer refuses it",
-            c.iss
+            str_claim("iss")
         ));
     }
-    uuid::Uuid::parse_str(&c.jti).map_err(|_| format!("jti {:?} is not a UUID", c.jti))?;
-    let run = RunContext::parse(&run_input(&c)).map_err(|e| format!("terraform_* claims: {e}"))?;
-    if c.sub != run.subject() || c.terraform_full_workspace != run.full_workspace() {
-        return Err(format!(
-            "sub {:?} does not match the terraform_* claims",
-            c.sub
-        ));
+    let jti = str_claim("jti");
+    uuid::Uuid::parse_str(jti).map_err(|_| format!("jti {jti:?} is not a UUID"))?;
+    if sub != expected {
+        return Err(format!("sub {sub:?} does not match the terraform_* claims"));
     }
-    Ok(c.sub)
+    Ok(sub)
 }
 
-fn run_input(c: &Claims) -> RunInput {
-    let named = |id: &str, name: &str| NamedInput {
+fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, String> {
+    serde_json::from_value(value.clone()).map_err(|e| format!("a claim has the wrong type: {e}"))
+}
+
+fn named(id: &str, name: &str) -> NamedInput {
+    NamedInput {
         id: id.to_owned(),
         name: name.to_owned(),
-    };
-    RunInput {
+    }
+}
+
+/// A workspace run token's `sub` and the one its claims make (with `terraform_full_workspace`).
+fn run_subject(value: &Value) -> Result<(String, String), String> {
+    let c: Claims = typed(value)?;
+    let run = RunContext::parse(&RunInput {
         organization: named(&c.terraform_organization_id, &c.terraform_organization_name),
         project: named(&c.terraform_project_id, &c.terraform_project_name),
         workspace: named(&c.terraform_workspace_id, &c.terraform_workspace_name),
@@ -200,7 +273,54 @@ fn run_input(c: &Claims) -> RunInput {
             id: c.terraform_run_id.clone(),
             phase: c.terraform_run_phase.as_str().to_owned(),
         },
+    })
+    .map_err(|e| format!("terraform_* claims: {e}"))?;
+    if c.terraform_full_workspace != run.full_workspace() {
+        return Err("terraform_full_workspace does not match the terraform_* claims".into());
     }
+    Ok((c.sub, run.subject()))
+}
+
+fn module_test_subject(value: &Value) -> Result<(String, String), String> {
+    let c: ModuleTestClaims = typed(value)?;
+    let module = c
+        .sub
+        .strip_prefix(&format!(
+            "organization:{}:module:",
+            c.terraform_organization_name
+        ))
+        .and_then(|rest| rest.strip_suffix(":operation:test_run"))
+        .unwrap_or_default();
+    let test = ModuleTestContext::parse(
+        &named(&c.terraform_organization_id, &c.terraform_organization_name),
+        &ModuleInput {
+            name: module.to_owned(),
+        },
+        &RunIdInput {
+            id: c.terraform_run_id.clone(),
+            phase: c.terraform_run_phase.as_str().to_owned(),
+        },
+    )
+    .map_err(|e| format!("terraform_* claims or sub: {e}"))?;
+    Ok((c.sub, test.subject()))
+}
+
+fn stack_subject(value: &Value) -> Result<(String, String), String> {
+    let c: StackClaims = typed(value)?;
+    let stack = StackContext::parse(&StackInput {
+        organization: named(&c.terraform_organization_id, &c.terraform_organization_name),
+        project: named(&c.terraform_project_id, &c.terraform_project_name),
+        stack: named(&c.terraform_stack_id, &c.terraform_stack_name),
+        deployment: DeploymentInput {
+            name: c.terraform_stack_deployment_name.clone(),
+        },
+        operation: c.terraform_operation.as_str().to_owned(),
+        plan: PlanInput {
+            id: c.terraform_plan_id.clone(),
+        },
+    })
+    .map_err(|e| format!("terraform_* claims: {e}"))?;
+    Ok((c.sub, stack.subject()))
 }
 
 fn audience_check(claims: &Map<String, Value>, audience: &str) -> Check {
