@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -369,30 +369,62 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The audit trail of issued tokens.
 #[derive(Debug, Default)]
 pub struct Audit {
-    file: Option<Mutex<File>>,
+    file: Option<AuditFile>,
+}
+
+#[derive(Debug)]
+struct AuditFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 impl Audit {
     /// Appends to `path` (created with mode 0600) when given; logs only otherwise.
     pub fn open(path: Option<&Path>) -> std::io::Result<Audit> {
         let file = match path {
-            Some(path) => Some(Mutex::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)?,
-            )),
+            Some(path) => Some(AuditFile {
+                path: path.to_owned(),
+                file: Mutex::new(open_append(path)?),
+            }),
             None => None,
         };
         Ok(Audit { file })
     }
 
+    /// Opens `audit.path` again (after logrotate moved it away, on SIGHUP); on failure the file
+    /// in use is kept.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        if let Some(audit) = &self.file {
+            *lock(&audit.file) = open_append(&audit.path)?;
+        }
+        Ok(())
+    }
+
     /// Records that `issued` is handed to `caller`. With an audit file, a line that cannot be
-    /// written is an error: the caller must then not hand the token out.
+    /// written is an error: the caller must then not hand the token out. A line is written
+    /// whole or not at all: a write that fails part-way (a full disk) is cut back off the file,
+    /// so the next line does not continue a fragment. The log event follows the file, so that
+    /// it never records a token that was not handed out.
     pub fn token_issued(&self, issued: &IssuedToken, caller: &str) -> std::io::Result<()> {
         let c = &issued.claims;
         let (iat, exp) = c.times();
+        if let Some(audit) = &self.file {
+            let line = serde_json::json!({
+                "event": "token_issued", "jti": c.jti(), "sub": c.sub(), "aud": c.aud(), "kid": issued.kid.as_str(),
+                "iat": iat, "exp": exp, "caller": caller,
+            });
+            let mut text = line.to_string();
+            text.push('\n');
+            append_whole(&mut lock(&audit.file), text.as_bytes())?;
+        }
         tracing::info!(
             target: "audit",
             event = "token_issued",
@@ -400,15 +432,15 @@ impl Audit {
             iat, exp, caller = %caller,
             "token issued"
         );
-        if let Some(file) = &self.file {
-            let line = serde_json::json!({
-                "event": "token_issued", "jti": c.jti(), "sub": c.sub(), "aud": c.aud(), "kid": issued.kid.as_str(),
-                "iat": iat, "exp": exp, "caller": caller,
-            });
-            let mut text = line.to_string();
-            text.push('\n');
-            lock(file).write_all(text.as_bytes())?;
-        }
         Ok(())
     }
+}
+
+/// Appends `line`, or leaves the file as it was.
+fn append_whole(file: &mut File, line: &[u8]) -> std::io::Result<()> {
+    let before = file.metadata()?.len();
+    file.write_all(line).inspect_err(|_| {
+        // Best effort: a device such as /dev/full has no length to restore.
+        let _ = file.set_len(before);
+    })
 }

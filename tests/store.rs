@@ -340,6 +340,10 @@ fn files_the_store_does_not_name_survive_a_start_and_a_rotation() {
     {
         fs::write(keys.join(name), name).unwrap();
     }
+    // A store that was begun (its empty set committed) and then crashed: its key file without
+    // a manifest entry is a leftover. (Without keys.json at all it would be a lost manifest.)
+    fs::write(keys.join("keys.json"), r#"{"format":1,"keys":[]}"#).unwrap();
+    chmod(&keys.join("keys.json"), 0o600);
     let manager = start_manager(&keys);
     for name in &own {
         assert!(

@@ -291,8 +291,11 @@ impl Signals {
                 _ = self.int.recv() => return,
                 _ = self.term.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the API tokens file and the TLS files");
-                    running.reload();
+                    tracing::info!("SIGHUP: reloading the API tokens file and the TLS files, reopening the audit file");
+                    // Off the signal loop: a file that blocks on open (a FIFO) must not keep
+                    // SIGTERM from being heard.
+                    let reload = running.reloader();
+                    tokio::task::spawn_blocking(move || reload.reload());
                 }
             }
         }

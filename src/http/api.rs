@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorCode};
 use super::extract::{Authorized, Keys, StrictJson, Tokens};
 use super::{ApiState, Tracked};
+use crate::keys::manager::ManagerError;
 use crate::keys::{Kid, Listing, listing};
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
@@ -101,6 +102,7 @@ async fn list_keys(State(state): State<Arc<ApiState>>, _: Authorized<Keys>) -> J
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RotateQuery {
     #[serde(default)]
     force: bool,
@@ -111,11 +113,20 @@ async fn rotate_keys(
     Authorized { caller, .. }: Authorized<Keys>,
     query: Result<Query<RotateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Listing>, ApiError> {
-    let Query(query) =
-        query.map_err(|_| ApiError::invalid(Some("force"), "force must be true or false"))?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::invalid(
+            Some("force"),
+            "the only query parameter is force=true or force=false",
+        )
+    })?;
     let manager = Arc::clone(&state.manager);
-    let set = blocking(move || manager.rotate(query.force)).await??;
-    tracing::info!(target: "audit", event = "keys_rotated", caller = %caller.name, force = query.force, "keys rotated");
+    // Audited inside the task: it runs to its end even when the caller goes away.
+    let set = blocking(move || {
+        let set = manager.rotate(query.force)?;
+        tracing::info!(target: "audit", event = "keys_rotated", caller = %caller.name, force = query.force, "keys rotated");
+        Ok::<_, ManagerError>(set)
+    })
+    .await??;
     Ok(Json(listing(&set)))
 }
 
@@ -137,8 +148,12 @@ async fn revoke_key(
         .map_err(|m| ApiError::NotFound(format!("{m}; GET /v1/keys lists the key ids")))?;
     let manager = Arc::clone(&state.manager);
     let revoked = kid.clone();
-    let set = blocking(move || manager.revoke(&revoked)).await??;
-    tracing::warn!(target: "audit", event = "key_revoked", caller = %caller.name, kid = %kid, "key revoked");
+    let set = blocking(move || {
+        let set = manager.revoke(&revoked)?;
+        tracing::warn!(target: "audit", event = "key_revoked", caller = %caller.name, kid = %revoked, "key revoked");
+        Ok::<_, ManagerError>(set)
+    })
+    .await??;
     Ok(Json(Revoked {
         listing: listing(&set),
         revoked: kid,

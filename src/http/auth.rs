@@ -90,6 +90,13 @@ pub enum TokensFileError {
     /// No line names a token.
     #[error("no tokens: add a line made by `tfe-oidc api-token new`")]
     Empty,
+    /// Not a regular file (a FIFO would block the reload that opens it).
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    /// Someone else could add a token: the file is writable by group or others, or owned by
+    /// another user.
+    #[error("{path} could be changed by another user: {fix}")]
+    Insecure { path: PathBuf, fix: String },
     /// Any of the above, in the file at `path`.
     #[error("{path}: {source}")]
     In {
@@ -135,10 +142,12 @@ impl ApiTokens {
     }
 
     pub fn load(path: &Path) -> Result<ApiTokens, TokensFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
+        let read = |source| TokensFileError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        check_tokens_file(path, &std::fs::metadata(path).map_err(read)?)?;
+        let text = std::fs::read_to_string(path).map_err(read)?;
         ApiTokens::parse(&text).map_err(|e| TokensFileError::In {
             path: path.to_owned(),
             source: Box::new(e),
@@ -156,6 +165,29 @@ impl ApiTokens {
         }
         found
     }
+}
+
+/// A tokens file decides who may mint tokens: like OpenSSH's StrictModes, refuse one that
+/// another user could write.
+fn check_tokens_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensFileError> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Err(TokensFileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    let fix = if meta.uid() != euid {
+        format!("run `chown {euid} {}`", path.display())
+    } else if meta.mode() & 0o022 != 0 {
+        format!("run `chmod go-w {}`", path.display())
+    } else {
+        return Ok(());
+    };
+    Err(TokensFileError::Insecure {
+        path: path.to_owned(),
+        fix,
+    })
 }
 
 fn parse_line(line: &str) -> Result<Entry, LineError> {

@@ -22,6 +22,24 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A rustls server configuration for `files`; `section` names the config section in errors.
 pub fn server_config(section: &str, files: &TlsFiles) -> Result<Arc<ServerConfig>, Problem> {
     let key_of = |name: &str| format!("{section}.{name}");
+    // A FIFO or device would block the (re)load that opens it.
+    for (name, path) in [
+        ("tls_cert", Some(&files.cert)),
+        ("tls_key", Some(&files.key)),
+    ]
+    .into_iter()
+    .chain([("client_ca", files.client_ca.as_ref())])
+    {
+        if let Some(path) = path
+            && !std::fs::metadata(path).is_ok_and(|m| m.is_file())
+        {
+            return Err(Problem::new(
+                &key_of(name),
+                format!("{} is not a readable regular file", path.display()),
+            ));
+        }
+    }
+    warn_if_world_readable(&files.key);
     let chain =
         read_certs(&files.cert).map_err(|e| Problem::new(&key_of("tls_cert"), e.to_string()))?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
@@ -75,6 +93,15 @@ enum CertFileError {
     },
     #[error("{path}: no PEM certificate found")]
     Empty { path: PathBuf },
+}
+
+/// A private key others can read is worth a warning at every (re)load; it is not refused, as
+/// keys shared with a group through a 0640 mode are common.
+fn warn_if_world_readable(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o007 != 0) {
+        tracing::warn!(path = %path.display(), "the TLS private key is readable by other users: run `chmod o-rwx` on it");
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertFileError> {

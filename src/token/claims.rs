@@ -52,8 +52,14 @@ impl Audience {
         if text.is_empty() || text.len() > 256 {
             return Err("an audience must be 1 to 256 characters".into());
         }
-        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("an audience must not contain whitespace or control characters".into());
+        // Printable ASCII only: a verifier compares audiences byte for byte, and look-alike or
+        // bidirectional-control characters would make two audiences that read the same differ.
+        // `*` is the allowlist's wildcard, never part of an audience.
+        if !text.bytes().all(|b| b.is_ascii_graphic() && b != b'*') {
+            return Err(
+                "an audience must be printable ASCII, without whitespace, control characters or `*` (e.g. vault.workload.identity)"
+                    .into(),
+            );
         }
         Ok(Audience(text.to_owned()))
     }

@@ -218,15 +218,22 @@ impl TtlBounds {
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, FieldError> {
-    let ttl = humantime::parse_duration(text).map_err(|_| {
-        FieldError::new(
-            "ttl",
-            format!(
-                "{:?} is not a duration: use a form like \"90s\", \"20m\" or \"2h\"",
-                text.chars().take(32).collect::<String>()
-            ),
-        )
-    })?;
+    // humantime skips Unicode spaces; a TTL is plain ASCII words and single inner spaces.
+    let plain = text.trim() == text
+        && !text.contains("  ")
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ');
+    let ttl = plain
+        .then(|| humantime::parse_duration(text).ok())
+        .flatten()
+        .ok_or_else(|| {
+            FieldError::new(
+                "ttl",
+                format!(
+                    "{:?} is not a duration: use a form like \"90s\", \"20m\" or \"2h\"",
+                    text.chars().take(32).collect::<String>()
+                ),
+            )
+        })?;
     if ttl < Duration::from_secs(1) {
         return Err(FieldError::new("ttl", "must be at least 1s"));
     }
