@@ -10,13 +10,17 @@
 //! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (SPEC §5, §7).
 //! - [`telemetry`]: logging, Prometheus metrics and the audit trail (SPEC §9).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
+//! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
+//! - [`vault`]: the one Vault client: connection pools per address and CA, typed calls and errors.
 //! - [`cli`]: the commands of SPEC §2 and their exit statuses.
 
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod exchange;
 pub mod http;
 pub mod keys;
 pub mod service;
 pub mod telemetry;
 pub mod token;
+pub mod vault;
