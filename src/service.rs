@@ -160,6 +160,10 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         api_tokens,
         audit,
         metrics: Arc::clone(&metrics),
+        exchanger: crate::exchange::Exchanger::new(
+            config.exchange.allowed_vault_addrs.clone(),
+            config.exchange.vault_timeout,
+        ),
         jwks_cache_control: axum::http::HeaderValue::from_str(&format!(
             "public, max-age={}",
             config.jwks_max_age.as_secs()

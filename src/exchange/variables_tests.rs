@@ -213,7 +213,11 @@ fn gcp_rolesets_and_the_vault_config_switch() {
 }
 
 /// A variable set, the variable the error must name, and a part of its message.
-type Case = (Vec<(&'static str, &'static str)>, &'static str, &'static str);
+type Case = (
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+    &'static str,
+);
 
 /// Each set is wrong in one way; the error names the variable at fault.
 #[test]

@@ -1,4 +1,4 @@
-//! The API listener's routes (SPEC §7, without the credential exchange).
+//! The API listener's routes (SPEC §7; the credential exchange's are in `credentials.rs`).
 //!
 //! Every `/v1` route authenticates the bearer token and checks its scope before reading the body;
 //! bodies are bounded (`api.max_body` → 413), must be JSON (415), and are parsed into validated
@@ -31,6 +31,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     Router::new()
         .route("/v1/tokens", post(issue_token))
+        .route("/v1/credentials", post(super::credentials::exchange))
+        .route(
+            "/v1/credentials/revoke",
+            post(super::credentials::revoke_credentials),
+        )
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/keys/{kid}/revoke", post(revoke_key))
@@ -181,7 +186,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str
 }
 
 /// The caller behind the bearer token, if it holds `scope`.
-fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+pub(super) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<Caller, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -211,7 +220,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Call
 }
 
 /// Reads a bounded JSON body and parses it, naming the field at fault.
-async fn read_json<T: DeserializeOwned>(
+pub(super) async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::exchange::ExchangeError;
 use crate::keys::manager::ManagerError;
 use crate::token::claims::FieldError;
 
@@ -38,6 +39,9 @@ pub enum ApiError {
     /// The body is not JSON (415).
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// A Vault call failed (502): the step, the configuration and Vault's own error text.
+    #[error("{0}")]
+    Upstream(String),
     /// The service cannot serve this now, e.g. no signing key (503).
     #[error("{0}")]
     Unavailable(String),
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -89,6 +94,24 @@ impl From<ManagerError> for ApiError {
                 "no key with kid {kid} is in the key set; GET /v1/keys lists them"
             )),
             ManagerError::Store(e) => ApiError::Internal(format!("key store: {e}")),
+        }
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> ApiError {
+        match e {
+            ExchangeError::Variable(v) => ApiError::InvalidRequest {
+                field: Some(format!("variables.{}", v.variable)),
+                message: v.to_string(),
+            },
+            ExchangeError::Body { field, message } => ApiError::InvalidRequest {
+                message: format!("{field}: {message}"),
+                field: Some(field),
+            },
+            e @ ExchangeError::NotAllowed { .. } => ApiError::Forbidden(e.to_string()),
+            e @ ExchangeError::Vault { .. } => ApiError::Upstream(e.to_string()),
+            ExchangeError::Unavailable(message) => ApiError::Unavailable(message),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The two HTTP listeners: the state they share, the accept loop and graceful shutdown.
 //!
 //! - `internal.rs`: the discovery listener's routes (SPEC §5).
-//! - `api.rs`: the authenticated API's routes (SPEC §7); `auth.rs` its bearer tokens.
+//! - `api.rs`: the authenticated API's routes (SPEC §7); `auth.rs` its bearer tokens;
+//!   `credentials.rs` the credential exchange's routes.
 //! - `error.rs`: the one API error → status mapping. `tls.rs`: rustls configuration.
 //!
 //! `serve` owns a listening socket: it refuses peers outside the allow list before any byte is
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod credentials;
 pub mod error;
 pub mod internal;
 pub mod tls;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub api_tokens: ApiTokens,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
+    /// The credential exchange: Vault pools and the `[exchange]` settings.
+    pub exchanger: crate::exchange::Exchanger,
     /// `Cache-Control` of the JWKS: `public, max-age=<jwks_max_age>`.
     pub jwks_cache_control: axum::http::HeaderValue,
     pub max_body: usize,
