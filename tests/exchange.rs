@@ -1017,4 +1017,12 @@ async fn revocation_makes_the_token_unusable_and_is_idempotent() {
     assert_eq!(status, 403, "revocation honours the allowlist too: {body}");
     let (status, body) = revoke(&f.server, &json!({"aliases": {}})).await;
     assert_eq!(status, 400, "{body}");
+    let mut injected = vault.clone();
+    injected["default"]["namespace"] = json!("team\r\nX-Other: 1");
+    let (status, body) = revoke(&f.server, &injected).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("default.namespace")),
+        "{body}"
+    );
 }

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::lookup::ConfigName;
+use super::lookup::{ConfigName, Found, path_value};
 use super::response::Login;
 use super::{ExchangeError, Exchanger, STEP_REVOKE, count};
 use crate::telemetry::Metrics;
-use crate::vault::{Endpoint, VaultToken};
+use crate::vault::{Endpoint, VaultToken, roots_from_pem};
 
 /// The `vault` object of an exchange response; other fields of its entries are ignored.
 #[derive(Debug, Deserialize)]
@@ -91,10 +91,25 @@ async fn revoke_one(
             "is not a Vault address: use the address of the exchange response",
         )
     })?;
+    let namespace = match &entry.namespace {
+        Some(value) => {
+            let variable = format!("{field}.namespace");
+            let found = Found {
+                variable: &variable,
+                value,
+            };
+            Some(path_value(found).map_err(|e| body_error(&variable, &e.message))?)
+        }
+        None => None,
+    };
+    let ca_pem = entry.ca_cert.as_ref().map(|pem| pem.as_bytes().to_vec());
+    if let Some(pem) = &ca_pem {
+        roots_from_pem(pem).map_err(|e| body_error(&format!("{field}.ca_cert"), &e.to_string()))?;
+    }
     let endpoint = Endpoint {
         address,
-        namespace: entry.namespace.clone(),
-        ca_pem: entry.ca_cert.as_ref().map(|pem| pem.as_bytes().to_vec()),
+        namespace,
+        ca_pem,
         timeout: exchanger.default_timeout,
     };
     let vault = exchanger.allowed_client(&endpoint, &format!("{field}.address"), name)?;
