@@ -26,7 +26,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use common::bao::{Bao, reasons};
+use common::bao::{Bao, deploy_vault, reasons};
 use common::{Options, TestServer, run_body};
 
 /// Every log line the services of this test binary wrote.
@@ -101,21 +101,13 @@ impl Secrets {
     }
 }
 
-/// The policy of the test roles: the stand-in engines except `azure/creds/denied`.
-const POLICY: &str = r#"
-path "aws/creds/*" { capabilities = ["read"] }
-path "aws/sts/*" { capabilities = ["read"] }
-path "gcp/*" { capabilities = ["read"] }
-path "azure/creds/allowed" { capabilities = ["read"] }
-"#;
-
 /// An OpenBao wired to a tfe-oidc that may call it, with stand-in engines.
 struct Fixture {
     bao: Bao,
     server: TestServer,
     audit: PathBuf,
     secrets: Secrets,
-    files: TempDir,
+    _files: TempDir,
 }
 
 async fn fixture(tls: bool) -> Option<Fixture> {
@@ -128,8 +120,8 @@ async fn fixture(tls: bool) -> Option<Fixture> {
     let files = tempfile::tempdir().unwrap();
     let audit = files.path().join("audit.jsonl");
     let server = start_server(&[&bao.addr], &audit, "10s").await;
-    let policy = files.path().join("policy.hcl");
-    std::fs::write(&policy, POLICY).unwrap();
+    // The documented policy: it grants the engine paths the stand-ins serve, not azure/creds/denied.
+    let policy = deploy_vault().join("policy.hcl");
     let policy = policy.to_str().unwrap().to_owned();
     for (workspace, phase) in [
         ("prod", "*"),
@@ -146,7 +138,7 @@ async fn fixture(tls: bool) -> Option<Fixture> {
         server,
         audit,
         secrets,
-        files,
+        _files: files,
     })
 }
 
@@ -208,11 +200,11 @@ async fn mount_engines(bao: &Bao, s: &Secrets, namespace: Option<&str>) {
             json!({"token": s.gcp_token, "expires_at_seconds": 1764115230u64, "token_ttl": 3599}),
         ),
         (
-            "gcp/static-account/sa/key",
+            "gcp/static-account/deployer/key",
             json!({"private_key_data": STANDARD.encode(&key_file), "key_algorithm": "KEY_ALG_RSA_2048", "key_type": "TYPE_GOOGLE_CREDENTIALS_FILE"}),
         ),
         (
-            "azure/creds/allowed",
+            "azure/creds/contributor",
             json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000001", "client_secret": s.azure_secret}),
         ),
         (
@@ -334,9 +326,12 @@ async fn default_and_tagged_configurations_get_every_engine() {
             "TFC_VAULT_BACKED_GCP_AUTH_TYPE_KEY",
             "static_account/service_account_key",
         ),
-        ("TFC_VAULT_BACKED_GCP_RUN_VAULT_STATIC_ACCOUNT_KEY", "sa"),
+        (
+            "TFC_VAULT_BACKED_GCP_RUN_VAULT_STATIC_ACCOUNT_KEY",
+            "deployer",
+        ),
         ("TFC_VAULT_BACKED_AZURE_AUTH", "true"),
-        ("TFC_VAULT_BACKED_AZURE_RUN_VAULT_ROLE", "allowed"),
+        ("TFC_VAULT_BACKED_AZURE_RUN_VAULT_ROLE", "contributor"),
         ("UNRELATED_VARIABLE", "ignored"),
     ];
     let (status, body) = exchange(&f.server, "apply", &vars).await;
@@ -520,7 +515,7 @@ async fn a_namespace_is_logged_into_and_read() {
         return;
     };
     f.bao.root_write("sys/namespaces/team", json!({})).await;
-    let policy = f.files.path().join("policy.hcl");
+    let policy = deploy_vault().join("policy.hcl");
     wire(
         &f.bao,
         &f.server,
