@@ -28,6 +28,7 @@ use tempfile::TempDir;
 
 use common::bao::{Bao, deploy_vault, reasons};
 use common::{Options, TestServer, run_body};
+use tfe_oidc::vault::{Endpoint, VaultClients, VaultToken};
 
 /// Every log line the services of this test binary wrote.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -1020,4 +1021,53 @@ async fn revocation_makes_the_token_unusable_and_is_idempotent() {
         (400, Some("default.namespace")),
         "{body}"
     );
+}
+
+/// The Vault client's general calls (the transit key store will use them too): write, read,
+/// lookup-self, renew-self with an increment, revoke-self, and a revoked token recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_client_makes_vaults_own_calls() {
+    let Some(bao) = Bao::start().await else {
+        return;
+    };
+    let clients = VaultClients::new();
+    let endpoint = Endpoint {
+        address: bao.addr.clone(),
+        namespace: None,
+        ca_pem: None,
+        timeout: Duration::from_secs(10),
+    };
+    let vault = clients.connect(&endpoint).unwrap();
+    let root = VaultToken::new("root");
+    let written = vault
+        .write(&root, "secret/data/app", &json!({"data": {"k": "v"}}))
+        .await
+        .unwrap();
+    assert_eq!(written.unwrap().data["version"], 1);
+    let read = vault
+        .read(&root, "secret/data/app", &[("version", "1")])
+        .await
+        .unwrap();
+    assert_eq!(read.data["data"]["k"], "v");
+    let created = bao
+        .root_write(
+            "auth/token/create",
+            json!({"ttl": "10m", "policies": ["default"]}),
+        )
+        .await;
+    let child = VaultToken::new(created["auth"]["client_token"].as_str().unwrap());
+    let looked = vault.lookup_self(&child).await.unwrap();
+    assert_eq!(looked.data["ttl"].as_u64().map(|t| t > 500), Some(true));
+    let renewed = vault
+        .renew_self(&child, Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!((renewed.lease_duration, renewed.renewable), (120, true));
+    vault.revoke_self(&child).await.unwrap();
+    let e = vault.lookup_self(&child).await.unwrap_err();
+    assert!(e.is_bad_token(), "{e}");
+    assert_eq!(e.to_string(), "vault answered 403: permission denied");
+    assert!(!format!("{e:?} {child:?}").contains(child.expose()));
+    clients.connect(&endpoint).unwrap();
+    assert_eq!(clients.pool_count(), 1, "one pool per address and CA");
 }

@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
 use crate::token::claims::RunPhase;
 
 /// Which configuration of a family: the default one, or one named by its tag.
@@ -305,4 +308,70 @@ pub fn choice_value<'c>(found: Found<'_>, allowed: &[&'c str]) -> Result<&'c str
                 ),
             )
         })
+}
+
+/// `http(s)://host[:port]` (a trailing `/` is dropped), as an origin.
+pub fn address_value(found: Found<'_>) -> Result<String, VariableError> {
+    let bad = || {
+        VariableError::new(
+            found.variable,
+            format!(
+                "{} is not a Vault address: use http(s)://host[:port], without a path, query or credentials",
+                shown(found.value)
+            ),
+        )
+    };
+    let url = reqwest::Url::parse(found.value).map_err(|_| bad())?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !plain {
+        return Err(bad());
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// Base64 of one or more PEM certificates.
+pub fn ca_value(found: Found<'_>) -> Result<Vec<u8>, VariableError> {
+    let compact: Vec<u8> = found
+        .value
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let pem = STANDARD.decode(compact).map_err(|_| {
+        VariableError::new(
+            found.variable,
+            format!(
+                "{} is not base64: use the base64 of a PEM CA certificate (base64 -w0 ca.pem)",
+                shown(found.value)
+            ),
+        )
+    })?;
+    crate::vault::roots_from_pem(&pem).map_err(|e| {
+        VariableError::new(
+            found.variable,
+            format!("{} decodes to no usable CA: {e}", shown(found.value)),
+        )
+    })?;
+    Ok(pem)
+}
+
+/// An IAM role ARN.
+pub fn role_arn_value(found: Found<'_>) -> Result<String, VariableError> {
+    let v = found.value;
+    let ok = v.starts_with("arn:") && v.len() <= 2048 && v.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(VariableError::new(
+            found.variable,
+            format!(
+                "{} is not a role ARN: use arn:aws:iam::<account>:role/<name>",
+                shown(v)
+            ),
+        ));
+    }
+    Ok(v.to_owned())
 }

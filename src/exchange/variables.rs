@@ -5,12 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-
 use super::lookup::{
-    ConfigName, Found, VariableError, Variables, choice_value, name_value, path_value,
-    seconds_value, shown,
+    ConfigName, Found, VariableError, Variables, address_value, ca_value, choice_value, name_value,
+    path_value, role_arn_value, seconds_value, shown,
 };
 use crate::token::claims::{Audience, RunPhase};
 use crate::vault::Endpoint;
@@ -153,9 +150,9 @@ fn vault_config(
     let (audience, audience_variable) = audience(vars, &name)?;
     Ok(VaultConfig {
         endpoint: Endpoint {
-            address: address(addr)?,
+            address: address_value(addr)?,
             namespace: optional(vars, "TFC_VAULT_NAMESPACE", &name, path_value)?,
-            ca_pem: optional(vars, "TFC_VAULT_ENCODED_CACERT", &name, ca_pem)?,
+            ca_pem: optional(vars, "TFC_VAULT_ENCODED_CACERT", &name, ca_value)?,
             timeout,
         },
         address_variable: addr.variable.to_owned(),
@@ -195,56 +192,6 @@ fn optional<T>(
 fn required(var: &str, name: &ConfigName, what: &str) -> VariableError {
     let variable = format!("{var}{}", name.suffix());
     VariableError::new(&variable, format!("is required: set it to {what}"))
-}
-
-/// `http(s)://host[:port]` (a trailing `/` is dropped), as an origin.
-fn address(found: Found<'_>) -> Result<String, VariableError> {
-    let bad = || {
-        VariableError::new(
-            found.variable,
-            format!(
-                "{} is not a Vault address: use http(s)://host[:port], without a path, query or credentials",
-                shown(found.value)
-            ),
-        )
-    };
-    let url = reqwest::Url::parse(found.value).map_err(|_| bad())?;
-    let plain = matches!(url.scheme(), "http" | "https")
-        && url.host().is_some()
-        && url.username().is_empty()
-        && url.password().is_none()
-        && url.path() == "/"
-        && url.query().is_none()
-        && url.fragment().is_none();
-    if !plain {
-        return Err(bad());
-    }
-    Ok(url.origin().ascii_serialization())
-}
-
-/// Base64 of one or more PEM certificates.
-fn ca_pem(found: Found<'_>) -> Result<Vec<u8>, VariableError> {
-    let compact: Vec<u8> = found
-        .value
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let pem = STANDARD.decode(compact).map_err(|_| {
-        VariableError::new(
-            found.variable,
-            format!(
-                "{} is not base64: use the base64 of a PEM CA certificate (base64 -w0 ca.pem)",
-                shown(found.value)
-            ),
-        )
-    })?;
-    crate::vault::roots_from_pem(&pem).map_err(|e| {
-        VariableError::new(
-            found.variable,
-            format!("{} decodes to no usable CA: {e}", shown(found.value)),
-        )
-    })?;
-    Ok(pem)
 }
 
 fn backed_config(
@@ -314,28 +261,13 @@ fn aws_read(vars: &Variables<'_>, name: &ConfigName, mount: &str) -> Result<Read
     if kind == "assumed_role"
         && let Some(found) = vars.phased(prefix, "ROLE_ARN", name)
     {
-        query.push(("role_arn", role_arn(found)?));
+        query.push(("role_arn", role_arn_value(found)?));
     }
     let path = match kind {
         "iam_user" => format!("{mount}/creds/{role}"),
         _ => format!("{mount}/sts/{role}"),
     };
     Ok((path, query, Shape::AwsKeys))
-}
-
-fn role_arn(found: Found<'_>) -> Result<String, VariableError> {
-    let v = found.value;
-    let ok = v.starts_with("arn:") && v.len() <= 2048 && v.bytes().all(|b| b.is_ascii_graphic());
-    if !ok {
-        return Err(VariableError::new(
-            found.variable,
-            format!(
-                "{} is not a role ARN: use arn:aws:iam::<account>:role/<name>",
-                shown(v)
-            ),
-        ));
-    }
-    Ok(v.to_owned())
 }
 
 fn gcp_read(vars: &Variables<'_>, name: &ConfigName, mount: &str) -> Result<Read, VariableError> {

@@ -1,4 +1,7 @@
 use super::*;
+use crate::exchange::lookup::ca_value;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 
 const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUTqZ1Y8Vq1Zb3B0n1f0N0q2m9XkYwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
 
@@ -466,14 +469,14 @@ fn an_encoded_ca_is_decoded_to_pem() {
         variable: "TFC_VAULT_ENCODED_CACERT",
         value: &encoded,
     };
-    assert_eq!(ca_pem(found).unwrap(), pem.as_bytes());
+    assert_eq!(ca_value(found).unwrap(), pem.as_bytes());
     let garbage = STANDARD.encode(CA_PEM);
     let found = Found {
         variable: "TFC_VAULT_ENCODED_CACERT",
         value: &garbage,
     };
     assert!(
-        ca_pem(found).is_err(),
+        ca_value(found).is_err(),
         "a PEM block that is not a certificate must not pass"
     );
 }

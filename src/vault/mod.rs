@@ -180,7 +180,7 @@ impl Vault {
         response::secret(self.send(request).await?)
     }
 
-    /// `POST /v1/<path>` with `token` and a JSON body: the secret, if Vault answered one.
+    /// `POST /v1/<path>` with `token` and a JSON body: the secret, if Vault answered `data`.
     pub async fn write(
         &self,
         token: &VaultToken,
@@ -190,10 +190,7 @@ impl Vault {
         let request = self
             .request(reqwest::Method::POST, path, Some(token))
             .json(body);
-        match self.send(request).await? {
-            None => Ok(None),
-            answer => response::secret(answer).map(Some),
-        }
+        response::maybe_secret(self.send(request).await?)
     }
 
     /// `POST /v1/auth/token/revoke-self`: revokes `token` and every lease it created.

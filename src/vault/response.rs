@@ -111,6 +111,20 @@ pub(super) fn secret(answer: Option<Value>) -> Result<Secret, VaultError> {
     })
 }
 
+/// The `data` and lease of an answer that may have neither (a write).
+pub(super) fn maybe_secret(answer: Option<Value>) -> Result<Option<Secret>, VaultError> {
+    if answer.is_none() {
+        return Ok(None);
+    }
+    let e = envelope(answer)?;
+    Ok(e.data.map(|data| Secret {
+        data,
+        lease_id: e.lease_id,
+        lease_duration: e.lease_duration,
+        renewable: e.renewable,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
