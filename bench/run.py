@@ -492,10 +492,13 @@ def main():
                     "tfe_issue_1": m(s, "issue_1"), "tfe_issue_1_cpu": m(s, "issue_1_cpu"),
                     "tfe_issue_n": m(s, "issue_n"), "tfe_issue_n_cpu": m(s, "issue_n_cpu"),
                     "tfe_issue_per_core": m(s, "issue_n") / cores,
+                    "tfe_jws_1_cpu": m(s, "jws_1_cpu"),
+                    "jsonwebtoken_1_cpu": m(s, "jsonwebtoken_1_cpu"),
                     "runs": {"openssl": o, "tfe": s, "jose": jo, "pyjwt": py},
                 }
                 fig["tfe_issue_n_vs_openssl_multi"] = ratio(fig["tfe_issue_n"], fig["openssl_multi_sign_per_s"])
                 fig["tfe_cpu_vs_openssl_cpu"] = ratio(fig["tfe_issue_1_cpu"], fig["openssl_sign_per_cpu_s"])
+                fig["tfe_vs_jsonwebtoken"] = ratio(fig["tfe_jws_1_cpu"], fig["jsonwebtoken_1_cpu"])
                 if jo:
                     fig["jose_per_cpu_s"] = m(jo, "per_cpu_s")
                     fig["pyjwt_per_cpu_s"] = m(py, "per_cpu_s")
@@ -705,6 +708,9 @@ def table(res):
             ("  per core", "tfe_issue_per_core", 0),
             ("  ÷ openssl speed -multi", "tfe_issue_n_vs_openssl_multi", 2),
             ("tfe-oidc ÷ openssl, per CPU-second", "tfe_cpu_vs_openssl_cpu", 2),
+            ("tfe-oidc token::sign, fixed claims, per CPU-second", "tfe_jws_1_cpu", 0),
+            ("jsonwebtoken::encode, same claims and key, per CPU-second", "jsonwebtoken_1_cpu", 0),
+            ("tfe-oidc ÷ jsonwebtoken, per CPU-second", "tfe_vs_jsonwebtoken", 2),
             ("Node jose, tokens per CPU-second", "jose_per_cpu_s", 0),
             ("PyJWT, tokens per CPU-second", "pyjwt_per_cpu_s", 0),
             ("tfe-oidc ÷ jose, per CPU-second", "tfe_vs_jose", 2),

@@ -1,4 +1,4 @@
-//! The commands of SPEC §2: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
+//! The commands of docs/reference.md §1: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
 //! usage or configuration). Each command is a short function over the library.
 
 use std::io::Write;
@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::http::auth::{self, Scope};
-use crate::keys::manager::KeyManager;
-use crate::keys::store::read_unlocked;
+use crate::keys::manager::{KeyManager, ManagerError};
+use crate::keys::store::{StoreError, read_unlocked};
 use crate::keys::{KeySet, SystemClock, listing};
 use crate::service::{self, StartError};
-use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::claims::{FieldError, NamedInput, RunContext, RunIdInput, RunInput};
 use crate::token::{TokenIssuer, TokenRequest};
 
 pub const EXIT_FAILURE: u8 = 1;
@@ -185,17 +185,48 @@ impl Failure {
     }
 }
 
+// The one mapping from the library's errors to exit statuses: 64 for what the operator wrote
+// (configuration, flags), 1 for what failed while acting on it.
+
 impl From<StartError> for Failure {
     fn from(e: StartError) -> Failure {
         match e {
             StartError::Config(_) => Failure::usage(e),
-            _ => Failure::failed(e),
+            StartError::Keys(_)
+            | StartError::Bind { .. }
+            | StartError::Audit { .. }
+            | StartError::DevelopmentToken { .. }
+            | StartError::Task(_) => Failure::failed(e),
         }
     }
 }
 
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<FieldError> for Failure {
+    fn from(e: FieldError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::failed(e)
+    }
+}
+
+impl From<ManagerError> for Failure {
+    fn from(e: ManagerError) -> Failure {
+        Failure::failed(e)
+    }
+}
+
 fn load(arg: &ConfigArg) -> Result<Config, Failure> {
-    Config::load(arg.config.as_deref()).map_err(Failure::usage)
+    Ok(Config::load(arg.config.as_deref())?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -208,38 +239,60 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn serve(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
     runtime()?.block_on(async {
+        // Handlers first: a SIGHUP while starting must not kill the process.
+        let signals = Signals::new();
         let running = service::start(&config, Arc::new(SystemClock)).await?;
-        wait_for_signal().await;
+        signals.serve(&running).await;
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         running.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals `serve` acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handler = |kind| signal(kind).expect("a signal handler can be installed");
+        Signals {
+            term: handler(SignalKind::terminate()),
+            int: handler(SignalKind::interrupt()),
+            hup: handler(SignalKind::hangup()),
+        }
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn serve(mut self, running: &service::Running) {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return,
+                _ = self.term.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the API tokens file and the TLS files");
+                    running.reload();
+                }
+            }
+        }
     }
 }
 
 fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
-    service::tls_acceptors(&config).map_err(Failure::usage)?;
-    if let Some(path) = &config.tokens_file {
-        auth::ApiTokens::load(path).map_err(|m| {
-            Failure::usage(format!("invalid configuration:\n  - api.tokens_file: {m}"))
-        })?;
-    }
+    service::tls_configs(&config)?;
+    service::tokens_file(&config)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }
 
 fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    let loaded = read_unlocked(&config.keys.dir)?;
     match format {
         OutputFormat::Json => println!(
             "{}",
@@ -252,15 +305,9 @@ fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
 
 fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let store = service::open_store(&config).map_err(Failure::failed)?;
-    let manager = KeyManager::start(
-        store,
-        Arc::new(SystemClock),
-        service::policy(&config),
-        Box::new(|_, _| {}),
-    )
-    .map_err(Failure::failed)?;
-    let set = manager.rotate(force).map_err(Failure::failed)?;
+    let store = service::open_store(&config)?;
+    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
+    let set = manager.rotate(force)?;
     print!("{}", key_table(&set));
     Ok(())
 }
@@ -285,13 +332,13 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
             phase: args.phase,
         },
     };
-    let run = RunContext::parse(&input).map_err(Failure::usage)?;
+    let run = RunContext::parse(&input)?;
     let request = TokenRequest {
         run,
         audience: args.audience,
         ttl: args.ttl,
     };
-    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    let loaded = read_unlocked(&config.keys.dir)?;
     let current = loaded.set.current();
     // Never outlive what the key's retirement will cover: the server's max_ttl recorded on it.
     let mut policy = config.tokens.clone();
@@ -299,7 +346,7 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
         policy.max_ttl = policy.max_ttl.min(std::time::Duration::from_secs(recorded));
     }
     let issuer = TokenIssuer::new(config.issuer.clone(), policy);
-    let checked = issuer.check(&request).map_err(Failure::usage)?;
+    let checked = issuer.check(&request)?;
     let signer = current
         .and_then(|c| loaded.signers.get(&c.kid))
         .ok_or_else(|| {
@@ -311,8 +358,12 @@ fn token_issue(args: IssueArgs) -> Result<(), Failure> {
     let now = crate::keys::Clock::now(&SystemClock);
     let issued = issuer.issue_checked(&request.run, checked, signer, now);
     crate::telemetry::Audit::open(config.audit_path.as_deref())
-        .map_err(|e| Failure::failed(format!("audit.path: {e}")))?
-        .token_issued(&issued, "cli");
+        .and_then(|audit| audit.token_issued(&issued, "cli"))
+        .map_err(|e| {
+            Failure::failed(format!(
+                "audit.path: {e}: the token was not handed out, as no audit line records it"
+            ))
+        })?;
     println!("{}", issued.token);
     Ok(())
 }
@@ -337,13 +388,15 @@ fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let token = auth::new_token();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "token: {}", token.0);
-    let _ = writeln!(
-        out,
-        "tokens file line: {}",
-        auth::tokens_file_line(&token, name, &scopes)
+    let line = auth::tokens_file_line(&token, name, &scopes);
+    // stdout holds exactly two lines, the token then the tokens-file line, each ready to paste
+    // or to take with `head -1` / `tail -1`; what they are goes to stderr.
+    eprintln!(
+        "line 1: the bearer token of caller {name:?}; hand it to the caller, it is stored nowhere\n\
+         line 2: append it to the file named by api.tokens_file, then `kill -HUP` the server"
     );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}\n{line}", token.0);
     Ok(())
 }
 

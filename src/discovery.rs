@@ -1,4 +1,4 @@
-//! The two discovery documents (SPEC §5), rendered once per key set.
+//! The two discovery documents (docs/reference.md §3), rendered once per key set.
 //!
 //! `Documents::render` turns the issuer and a key set into the bytes and strong ETags the
 //! discovery listener serves; handlers never serialize. The document types are public so that
@@ -87,7 +87,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    fn of<T: Serialize>(value: &T) -> Rendered {
+    pub fn of<T: Serialize>(value: &T) -> Rendered {
         let body = serde_json::to_vec(value).expect("documents always serialize");
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
         let etag = format!("\"{}\"", hex(&digest.as_ref()[..16]));

@@ -2,17 +2,17 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, `TFE_OIDC_*` overrides and every validation rule (SPEC §3).
+//! - [`config`]: the TOML file, `TFE_OIDC_*` overrides and every validation rule (docs/reference.md §2).
 //! - [`keys`]: signing keys, their lifecycle, the crash-safe key store and the single writer
-//!   that rotates and publishes them (SPEC §4).
-//! - [`token`]: run identity inputs, TFE's claim set and RS256 signing (SPEC §6).
-//! - [`discovery`]: the OpenID configuration and JWKS documents, rendered once per key set (SPEC §5).
-//! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (SPEC §5, §7).
-//! - [`telemetry`]: logging, Prometheus metrics and the audit trail (SPEC §9).
+//!   that rotates and publishes them (docs/reference.md §7).
+//! - [`token`]: run identity inputs, TFE's claim set and RS256 signing (docs/reference.md §6).
+//! - [`discovery`]: the OpenID configuration and JWKS documents, rendered once per key set (docs/reference.md §3).
+//! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (docs/reference.md §3, §4).
+//! - [`telemetry`]: logging, Prometheus metrics and the audit trail (docs/reference.md §8).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
 //! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
 //! - [`vault`]: the one Vault client: connection pools per address and CA, typed calls and errors.
-//! - [`cli`]: the commands of SPEC §2 and their exit statuses.
+//! - [`cli`]: the commands of docs/reference.md §1 and their exit statuses.
 
 pub mod cli;
 pub mod config;

@@ -1,9 +1,10 @@
-//! Wiring: from a validated `Config` to a running service (both listeners and the rotator), and
-//! back down on shutdown.
+//! Wiring: from a validated `Config` to a running service (both listeners and the rotator),
+//! reloading its files on SIGHUP, and back down on shutdown.
 //!
-//! Order matters and is the fail-closed order of STYLE.md: everything that can be wrong with the
-//! configuration (TLS files, tokens file) is checked before the key store is touched or a port is
-//! bound; the key store is opened (and locked) before any listener serves.
+//! Start-up order is fail-closed and leaves nothing behind on failure: every file the
+//! configuration names is loaded and checked, then both listeners are bound, and only then is
+//! anything created (the key store and its keys, the development API token, the audit file). A
+//! busy port therefore leaves no key behind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,16 +13,15 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError, ListenerConfig, Problem, StoreKind};
-use crate::discovery::Documents;
+use crate::config::{Config, ConfigError, ListenerConfig, Problem, StoreKind, raw};
+use crate::discovery::{ProviderMetadata, Rendered};
 use crate::http::auth::{self, ApiTokens};
-use crate::http::{self, AppState, Listener, Published};
+use crate::http::{self, ApiState, DiscoveryState, Listener, Reloadable};
+use crate::keys::Clock;
 use crate::keys::lifecycle::Policy;
-use crate::keys::manager::{self, Change, KeyManager, ManagerError, Publisher};
+use crate::keys::manager::{self, KeyManager, ManagerError};
 use crate::keys::store::{FileStore, KeyStore};
-use crate::keys::{Clock, KeySnapshot};
 use crate::telemetry::{Audit, Metrics};
 use crate::token::TokenIssuer;
 
@@ -35,22 +35,41 @@ pub enum StartError {
     #[error("key store: {0}")]
     Keys(#[from] ManagerError),
     /// A listener could not bind its address.
-    #[error("cannot listen on {addr} ({listener} listener): {source}")]
+    #[error("{key} ({env}): cannot listen on {addr}: {source}")]
     Bind {
-        listener: &'static str,
+        key: String,
+        env: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The audit file or the development token could not be opened.
-    #[error("{0}")]
-    Io(String),
+    /// The audit file could not be opened.
+    #[error("audit.path {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The development API token could not be read or written.
+    #[error("development API token in {dir}: {source}")]
+    DevelopmentToken { dir: String, source: std::io::Error },
+    /// The blocking task that opens the key store died.
+    #[error("key store task failed: {0}")]
+    Task(String),
+}
+
+/// The files a SIGHUP reloads, and where the running service reads them.
+struct Reload {
+    config: Config,
+    api_tokens: Reloadable<ApiTokens>,
+    discovery_tls: Option<Reloadable<rustls::ServerConfig>>,
+    api_tls: Option<Reloadable<rustls::ServerConfig>>,
 }
 
 /// A running service.
 pub struct Running {
     pub discovery_addr: SocketAddr,
     pub api_addr: SocketAddr,
-    pub state: Arc<AppState>,
+    pub state: Arc<ApiState>,
+    reload: Reload,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -63,46 +82,92 @@ impl Running {
             let _ = task.await;
         }
     }
+
+    /// Reloads the API tokens file, the TLS certificates and keys and the client CAs. A file that
+    /// fails to load is logged and the one in use is kept; returns whether everything reloaded.
+    pub fn reload(&self) -> bool {
+        let r = &self.reload;
+        let mut ok = true;
+        if let Some(path) = &r.config.tokens_file {
+            match ApiTokens::load(path) {
+                Ok(tokens) => {
+                    r.api_tokens.store(Arc::new(tokens));
+                    tracing::info!(path = %path.display(), "api.tokens_file reloaded");
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::error!(error = %e, "api.tokens_file not reloaded: keeping the tokens in use");
+                }
+            }
+        }
+        for (section, listener, live) in [
+            ("discovery", &r.config.discovery, &r.discovery_tls),
+            ("api", &r.config.api, &r.api_tls),
+        ] {
+            let (Some(files), Some(live)) = (&listener.tls, live) else {
+                continue;
+            };
+            match http::tls::server_config(section, files) {
+                Ok(config) => {
+                    live.store(config);
+                    tracing::info!(
+                        listener = section,
+                        "TLS certificate, key and client CA reloaded"
+                    );
+                }
+                Err(problem) => {
+                    ok = false;
+                    tracing::error!(error = %problem, "TLS files not reloaded: keeping the ones in use");
+                }
+            }
+        }
+        ok
+    }
 }
 
-/// The TLS acceptors of both listeners, or every problem with their files.
-pub fn tls_acceptors(
-    config: &Config,
-) -> Result<(Option<TlsAcceptor>, Option<TlsAcceptor>), ConfigError> {
+/// The TLS configurations of both listeners, or every problem with their files.
+pub fn tls_configs(config: &Config) -> Result<[Option<Arc<rustls::ServerConfig>>; 2], ConfigError> {
     let mut problems = Vec::new();
-    let mut acceptor = |section: &str, listener: &ListenerConfig| {
+    let mut load = |section: &str, listener: &ListenerConfig| {
         let files = listener.tls.as_ref()?;
         http::tls::server_config(section, files)
-            .map(TlsAcceptor::from)
             .map_err(|p| problems.push(p))
             .ok()
     };
-    let discovery = acceptor("discovery", &config.discovery);
-    let api = acceptor("api", &config.api);
+    let configs = [
+        load("discovery", &config.discovery),
+        load("api", &config.api),
+    ];
     if problems.is_empty() {
-        Ok((discovery, api))
+        Ok(configs)
     } else {
         Err(ConfigError(problems))
     }
 }
 
-/// The accepted API tokens: the tokens file, or the development token.
-pub fn api_tokens(config: &Config) -> Result<ApiTokens, StartError> {
-    match &config.tokens_file {
-        Some(path) => ApiTokens::load(path)
-            .map_err(|m| ConfigError(vec![Problem::new("api.tokens_file", m)]).into()),
-        None => {
-            let (path, tokens) = auth::development_token(&config.keys.dir).map_err(|e| {
-                StartError::Io(format!(
-                    "development API token in {}: {e}",
-                    config.keys.dir.display()
-                ))
-            })?;
-            tracing::warn!(path = %path.display(), "no api.tokens_file configured: accepting the development API token stored in this file");
-            eprintln!("development API token: {}", path.display());
-            Ok(tokens)
+/// The tokens file, when one is configured.
+pub fn tokens_file(config: &Config) -> Result<Option<ApiTokens>, ConfigError> {
+    config
+        .tokens_file
+        .as_ref()
+        .map(|path| {
+            ApiTokens::load(path)
+                .map_err(|e| ConfigError(vec![Problem::new("api.tokens_file", e.to_string())]))
+        })
+        .transpose()
+}
+
+/// The development token, created (0600, in a 0700 `keys.dir`) when absent.
+fn development_token(config: &Config) -> Result<ApiTokens, StartError> {
+    let (path, tokens) = auth::development_token(&config.keys.dir).map_err(|source| {
+        StartError::DevelopmentToken {
+            dir: config.keys.dir.display().to_string(),
+            source,
         }
-    }
+    })?;
+    tracing::warn!(path = %path.display(), "no api.tokens_file configured: accepting the development API token stored in this file");
+    eprintln!("development API token: {}", path.display());
+    Ok(tokens)
 }
 
 /// Opens the configured key store, for writing.
@@ -125,64 +190,77 @@ pub fn policy(config: &Config) -> Policy {
 
 /// Starts the service; returns once both listeners are bound and serving.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
-    let (discovery_tls, api_tls) = tls_acceptors(config)?;
-    let api_tokens = api_tokens(config)?;
-    let audit = Audit::open(config.audit_path.as_deref()).map_err(|e| {
-        StartError::Io(format!(
-            "audit.path {:?}: {e}",
-            config.audit_path.clone().unwrap_or_default()
-        ))
-    })?;
-    let metrics = Arc::new(Metrics::default());
-    let published = Arc::new(ArcSwap::from_pointee(Published {
-        keys: Arc::new(KeySnapshot {
-            set: Default::default(),
-            signer: None,
-        }),
-        docs: Documents::render(&config.issuer, &Default::default()),
-    }));
+    let [discovery_tls, api_tls] = tls_configs(config)?;
+    let configured_tokens = tokens_file(config)?;
+    let connection_budget = connection_budget();
+    let discovery = bind(
+        "discovery",
+        &config.discovery,
+        discovery_tls,
+        connection_budget,
+    )
+    .await?;
+    let api = bind("api", &config.api, api_tls, connection_budget).await?;
+    // Nothing has been created so far; from here on the service writes.
     let manager = {
-        let (config, publisher) = (
-            config.clone(),
-            publisher(&config.issuer, &published, &metrics),
-        );
-        let policy = policy(&config);
+        let (config, clock) = (config.clone(), Arc::clone(&clock));
         tokio::task::spawn_blocking(move || {
-            KeyManager::start(open_store(&config)?, clock, policy, publisher)
+            KeyManager::start(open_store(&config)?, clock, policy(&config))
         })
         .await
-        .map_err(|e| StartError::Io(format!("key store task failed: {e}")))??
+        .map_err(|e| StartError::Task(e.to_string()))??
     };
-    let state = Arc::new(AppState {
-        published,
-        manager: Arc::new(manager),
+    let api_tokens = match configured_tokens {
+        Some(tokens) => tokens,
+        None => development_token(config)?,
+    };
+    let audit = Audit::open(config.audit_path.as_deref()).map_err(|source| StartError::Audit {
+        path: config
+            .audit_path
+            .as_deref()
+            .unwrap_or_else(|| std::path::Path::new(""))
+            .display()
+            .to_string(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let manager = Arc::new(manager);
+    let discovery_state = DiscoveryState {
+        configuration: Rendered::of(&ProviderMetadata::new(&config.issuer)),
+        jwks: manager.subscribe_jwks(),
+        jwks_cache_control: axum::http::HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            config.jwks_max_age.as_secs()
+        ))
+        .expect("Cache-Control is ASCII"),
+        metrics: Arc::clone(&metrics),
+    };
+    let api_tokens = Arc::new(ArcSwap::from_pointee(api_tokens));
+    let state = Arc::new(ApiState {
+        manager: Arc::clone(&manager),
         issuer: TokenIssuer::new(config.issuer.clone(), config.tokens.clone()),
-        api_tokens,
+        api_tokens: Arc::clone(&api_tokens),
         audit,
         metrics: Arc::clone(&metrics),
         exchanger: crate::exchange::Exchanger::new(
             config.exchange.allowed_vault_addrs.clone(),
             config.exchange.vault_timeout,
         ),
-        jwks_cache_control: axum::http::HeaderValue::from_str(&format!(
-            "public, max-age={}",
-            config.jwks_max_age.as_secs()
-        ))
-        .expect("Cache-Control is ASCII"),
         max_body: config.max_body,
     });
-    let discovery = bind("discovery", &config.discovery, discovery_tls).await?;
-    let api = bind("api", &config.api, api_tls).await?;
     let (discovery_addr, api_addr) = (local_addr(&discovery), local_addr(&api));
+    let reload = Reload {
+        config: config.clone(),
+        api_tokens,
+        discovery_tls: discovery.tls.clone(),
+        api_tls: api.tls.clone(),
+    };
     let (shutdown, receiver) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(manager::run_rotator(
-            Arc::clone(&state.manager),
-            receiver.clone(),
-        )),
+        tokio::spawn(manager::run_rotator(manager, receiver.clone())),
         tokio::spawn(http::serve(
             discovery,
-            http::internal::service(Arc::clone(&state)),
+            http::internal::service(discovery_state),
             Arc::clone(&metrics),
             receiver.clone(),
         )),
@@ -198,53 +276,45 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         discovery_addr,
         api_addr,
         state,
+        reload,
         shutdown,
         tasks,
     })
 }
 
-fn publisher(
-    issuer: &str,
-    published: &Arc<ArcSwap<Published>>,
-    metrics: &Arc<Metrics>,
-) -> Publisher {
-    let (issuer, published, metrics) = (
-        issuer.to_owned(),
-        Arc::clone(published),
-        Arc::clone(metrics),
-    );
-    Box::new(move |snapshot, change| {
-        if change == Change::Rotated {
-            metrics.key_rotated();
+/// Connections each listener may hold when its `max_connections` is unset: half of the file
+/// descriptors the process may open (the soft limit is first raised to the hard one), less a
+/// reserve for key files, the audit log and outgoing calls, at most 16384.
+fn connection_budget() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "cannot raise the file descriptor limit");
         }
-        let docs = Documents::render(&issuer, &snapshot.set);
-        published.store(Arc::new(Published {
-            keys: Arc::clone(snapshot),
-            docs,
-        }));
-        let current = snapshot
-            .set
-            .current()
-            .map(|c| c.kid.to_string())
-            .unwrap_or_default();
-        let next = snapshot
-            .set
-            .next()
-            .map(|c| c.kid.to_string())
-            .unwrap_or_default();
-        tracing::info!(change = ?change, current = %current, next = %next, published = snapshot.set.keys.len(), "key set published");
-    })
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20);
+    (files.saturating_sub(128) / 2).clamp(16, 16384) as usize
 }
 
 async fn bind(
     name: &'static str,
     config: &ListenerConfig,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    connection_budget: usize,
 ) -> Result<Listener, StartError> {
+    let key = format!("{name}.listen");
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
-            listener: name,
+            env: raw::env_name(&key),
+            key,
             addr: config.listen,
             source,
         })?;
@@ -254,8 +324,9 @@ async fn bind(
     Ok(Listener {
         name,
         tcp,
-        tls,
+        tls: tls.map(|config| Arc::new(ArcSwap::new(config))),
         allow: config.allow.clone(),
+        max_connections: config.max_connections.unwrap_or(connection_budget),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Observability (SPEC §9): logging set-up, Prometheus metrics and the audit trail.
+//! Observability (docs/reference.md §8): logging set-up, Prometheus metrics and the audit trail.
 //!
 //! Metrics are plain atomics and small maps rendered in the Prometheus text format on scrape; the
 //! audit trail is one `tracing` event per issued token plus, when configured, one JSON line per
@@ -11,8 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::token::IssuedToken;
@@ -72,6 +72,8 @@ struct Http {
 pub struct KeyGauges {
     pub current_key_age_seconds: u64,
     pub jwks_keys: usize,
+    /// Rotations committed since the service started.
+    pub rotations: u64,
 }
 
 /// The service's counters, shared by every handler.
@@ -80,10 +82,37 @@ pub struct Metrics {
     tokens_plan: AtomicU64,
     tokens_apply: AtomicU64,
     token_errors: Mutex<BTreeMap<&'static str, u64>>,
-    key_rotations: AtomicU64,
     discovery_refused: AtomicU64,
     http: Mutex<Http>,
+    connections: [ListenerConnections; 2],
     vault_requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// The two listeners, in the order of `Metrics::connections`.
+const LISTENERS: [&str; 2] = ["discovery", "api"];
+
+fn listener_index(name: &str) -> usize {
+    LISTENERS.iter().position(|l| *l == name).unwrap_or(1)
+}
+
+#[derive(Default)]
+struct ListenerConnections {
+    open: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Counts one open connection until dropped.
+pub struct OpenConnection {
+    metrics: Arc<Metrics>,
+    listener: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.connections[self.listener]
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -97,10 +126,6 @@ impl Metrics {
 
     pub fn token_error(&self, reason: &'static str) {
         *lock(&self.token_errors).entry(reason).or_default() += 1;
-    }
-
-    pub fn key_rotated(&self) {
-        self.key_rotations.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn discovery_refused(&self) {
@@ -124,6 +149,25 @@ impl Metrics {
             .entry((listener, route))
             .or_default()
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection on `listener` is open until the returned guard drops.
+    pub fn connection_opened(self: &Arc<Self>, listener: &str) -> OpenConnection {
+        let listener = listener_index(listener);
+        self.connections[listener]
+            .open
+            .fetch_add(1, Ordering::Relaxed);
+        OpenConnection {
+            metrics: Arc::clone(self),
+            listener,
+        }
+    }
+
+    /// A connection on `listener` was closed at once: the listener was at its limit.
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections[listener_index(listener)]
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn vault_request(&self, step: &'static str, outcome: &'static str) {
@@ -169,11 +213,7 @@ impl Metrics {
             "counter",
             "Key rotations (scheduled and manual).",
         );
-        let _ = writeln!(
-            out,
-            "tfe_oidc_key_rotations_total {}",
-            self.key_rotations.load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "tfe_oidc_key_rotations_total {}", keys.rotations);
         family(
             &mut out,
             "tfe_oidc_current_key_age_seconds",
@@ -204,6 +244,7 @@ impl Metrics {
             self.discovery_refused.load(Ordering::Relaxed)
         );
         self.render_http(&mut out);
+        self.render_connections(&mut out);
         family(
             &mut out,
             "tfe_oidc_vault_requests_total",
@@ -217,6 +258,35 @@ impl Metrics {
             );
         }
         out
+    }
+
+    fn render_connections(&self, out: &mut String) {
+        family(
+            out,
+            "tfe_oidc_http_connections_open",
+            "gauge",
+            "Connections open now, by listener.",
+        );
+        for (name, c) in LISTENERS.iter().zip(&self.connections) {
+            let n = c.open.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tfe_oidc_http_connections_open{{listener=\"{name}\"}} {n}"
+            );
+        }
+        family(
+            out,
+            "tfe_oidc_http_connections_refused_total",
+            "counter",
+            "Connections closed at once because the listener was at its connection limit.",
+        );
+        for (name, c) in LISTENERS.iter().zip(&self.connections) {
+            let n = c.refused.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tfe_oidc_http_connections_refused_total{{listener=\"{name}\"}} {n}"
+            );
+        }
     }
 
     fn render_http(&self, out: &mut String) {
@@ -298,8 +368,9 @@ impl Audit {
         Ok(Audit { file })
     }
 
-    /// Records that `issued` was handed to `caller`.
-    pub fn token_issued(&self, issued: &IssuedToken, caller: &str) {
+    /// Records that `issued` is handed to `caller`. With an audit file, a line that cannot be
+    /// written is an error: the caller must then not hand the token out.
+    pub fn token_issued(&self, issued: &IssuedToken, caller: &str) -> std::io::Result<()> {
         let c = &issued.claims;
         tracing::info!(
             target: "audit",
@@ -315,9 +386,8 @@ impl Audit {
             });
             let mut text = line.to_string();
             text.push('\n');
-            if let Err(e) = lock(file).write_all(text.as_bytes()) {
-                tracing::error!(error = %e, "cannot append to the audit file");
-            }
+            lock(file).write_all(text.as_bytes())?;
         }
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! SPEC §4's invariant across crashes: real `tfe-oidc` processes killed with SIGKILL at random
+//! The key invariant (docs/reference.md §7.5) across crashes: real `tfe-oidc` processes killed with SIGKILL at random
 //! instants, on a real key directory.
 //!
 //! > at every instant and across restarts and crashes: every unexpired token that was handed out

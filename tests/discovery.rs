@@ -1,4 +1,4 @@
-//! The discovery listener (SPEC §5), over real loopback sockets and real TLS: the two documents
+//! The discovery listener (docs/reference.md §3), over real loopback sockets and real TLS: the two documents
 //! against hand-checked golden files, the JWKS's contents, the HTTP caching and method rules,
 //! key rotation as seen by a client, TLS 1.2 and 1.3, the peer allow list and mTLS.
 
@@ -154,7 +154,7 @@ async fn claims_supported_lists_exactly_the_claims_of_an_issued_token() {
     let claims: serde_json::Map<String, Value> = serde_json::from_slice(&payload).unwrap();
     let issued: BTreeSet<&str> = claims.keys().map(String::as_str).collect();
     assert_eq!(supported, issued);
-    assert_eq!(supported.len(), 16, "SPEC §6 names 16 claims");
+    assert_eq!(supported.len(), 16, "docs/reference.md §6 names 16 claims");
     server.stop().await;
 }
 

@@ -412,9 +412,8 @@ async fn openbao_refuses_what_the_role_does_not_allow_with_its_own_reasons() {
     let signer = server
         .running
         .state
-        .published
-        .load()
-        .keys
+        .manager
+        .snapshot()
         .signer
         .clone()
         .unwrap();

@@ -1,4 +1,4 @@
-//! SPEC §4's invariant, driven by a fake clock so that months of rotations take seconds:
+//! The key invariant (docs/reference.md §7.5), driven by a fake clock so that months of rotations take seconds:
 //!
 //! > at every instant and across restarts and crashes: every unexpired token that was handed out
 //! > has its kid in the JWKS served; no token is signed by a key that was not already in the
@@ -23,13 +23,15 @@ use std::time::Duration;
 
 use invariant::{Minted, Rng, kids, parse_jwks, seed, verify};
 use tfe_oidc::config::TokenPolicy;
+use tfe_oidc::discovery::Rendered;
 use tfe_oidc::discovery::{Documents, JwkSet};
 use tfe_oidc::keys::lifecycle::{Policy, RETIRE_MARGIN_SECS, RotateRefused};
-use tfe_oidc::keys::manager::{Change, KeyManager, ManagerError, Publisher};
+use tfe_oidc::keys::manager::{Change, KeyManager, ManagerError};
 use tfe_oidc::keys::store::{FileStore, KeyStore, read_unlocked};
-use tfe_oidc::keys::{Clock, FakeClock, KeyInfo, KeySet, KeyState, UnixTime};
+use tfe_oidc::keys::{Clock, FakeClock, KeyInfo, KeySet, KeySnapshot, KeyState, UnixTime};
 use tfe_oidc::token::claims::{Audience, NamedInput, RunContext, RunIdInput, RunInput};
 use tfe_oidc::token::{TokenIssuer, TokenRequest};
+use tokio::sync::watch;
 
 const ISSUER: &str = "https://tfe.example.com";
 const AUDIENCE: &str = "vault.workload.identity";
@@ -40,6 +42,8 @@ const T0: UnixTime = 1_800_000_000;
 struct Served {
     at: UnixTime,
     change: Change,
+    /// The manager's sequence number of this snapshot.
+    sequence: u64,
     set: KeySet,
     jwks: JwkSet,
 }
@@ -52,6 +56,8 @@ struct Lab {
     issuer: TokenIssuer,
     served: Arc<Mutex<Vec<Served>>>,
     manager: Option<KeyManager>,
+    /// Subscribed to the running manager.
+    channels: Mutex<Option<Channels>>,
     /// Every token handed out.
     tokens: Vec<Minted>,
     /// Kids removed on purpose; their tokens are meant to stop verifying.
@@ -63,22 +69,43 @@ struct Lab {
     verifications: usize,
 }
 
-fn publisher(log: Arc<Mutex<Vec<Served>>>, clock: FakeClock) -> Publisher {
-    Box::new(move |snapshot, change| {
-        let docs = Documents::render(ISSUER, &snapshot.set);
-        let jwks = parse_jwks(&docs.jwks.body);
-        assert_eq!(
-            snapshot.signer.as_ref().map(|s| s.kid().clone()),
-            snapshot.set.current().map(|c| c.kid.clone()),
-            "the snapshot's signer is its current key"
-        );
-        log.lock().unwrap().push(Served {
-            at: clock.now(),
-            change,
-            set: snapshot.set.clone(),
-            jwks,
-        });
-    })
+/// What the manager publishes, as a subscriber sees it.
+type Channels = (
+    watch::Receiver<Arc<KeySnapshot>>,
+    watch::Receiver<Arc<Rendered>>,
+);
+
+/// Appends the snapshot the manager published last, if it is new (or `always`), checking that no
+/// publication was skipped and that the JWKS channel carries exactly that set.
+fn record(channels: &mut Channels, log: &Mutex<Vec<Served>>, clock: &FakeClock, always: bool) {
+    let (keys, jwks) = channels;
+    if !always && !keys.has_changed().expect("the manager is alive") {
+        return;
+    }
+    let snapshot = Arc::clone(&keys.borrow_and_update());
+    let rendered = Arc::clone(&jwks.borrow_and_update());
+    assert_eq!(
+        rendered.body,
+        Documents::render(ISSUER, &snapshot.set).jwks.body,
+        "the JWKS published is the one of the snapshot's set"
+    );
+    assert_eq!(
+        snapshot.signer.as_ref().map(|s| s.kid().clone()),
+        snapshot.set.current().map(|c| c.kid.clone()),
+        "the snapshot's signer is its current key"
+    );
+    let mut log = log.lock().unwrap();
+    if !always {
+        let previous = log.last().map_or(0, |s| s.sequence);
+        assert_eq!(snapshot.sequence, previous + 1, "no publication is skipped");
+    }
+    log.push(Served {
+        at: clock.now(),
+        change: snapshot.change,
+        sequence: snapshot.sequence,
+        set: snapshot.set.clone(),
+        jwks: parse_jwks(&rendered.body),
+    });
 }
 
 /// A temporary directory on tmpfs when there is one: these tests prove the lifecycle and the
@@ -156,6 +183,7 @@ impl Lab {
             issuer,
             served: Arc::default(),
             manager: None,
+            channels: Mutex::new(None),
             tokens: Vec::new(),
             revoked: HashSet::new(),
             removed: HashSet::new(),
@@ -187,7 +215,15 @@ impl Lab {
     }
 
     fn served_len(&self) -> usize {
+        self.observe();
         self.served.lock().unwrap().len()
+    }
+
+    /// Records what the running manager published since the last look.
+    fn observe(&self) {
+        if let Some(channels) = self.channels.lock().unwrap().as_mut() {
+            record(channels, &self.served, &self.clock, false);
+        }
     }
 
     /// The set the manifest on disk holds (read directly: parsing the private keys each time, as
@@ -201,6 +237,7 @@ impl Lab {
 
     /// The set and JWKS served now (the last published).
     fn last(&self) -> (KeySet, JwkSet, Change) {
+        self.observe();
         let log = self.served.lock().unwrap();
         let last = log.last().expect("something was published");
         (last.set.clone(), last.jwks.clone(), last.change)
@@ -210,13 +247,11 @@ impl Lab {
         assert!(self.manager.is_none());
         let store = FileStore::open(&self.keys_dir(), 2048).expect("the key store opens");
         let before = self.served_len();
-        let manager = KeyManager::start(
-            Box::new(store),
-            Arc::new(self.clock.clone()),
-            self.policy,
-            publisher(Arc::clone(&self.served), self.clock.clone()),
-        )
-        .expect("the key manager starts");
+        let manager = KeyManager::start(Box::new(store), Arc::new(self.clock.clone()), self.policy)
+            .expect("the key manager starts");
+        let mut channels = (manager.subscribe(), manager.subscribe_jwks());
+        record(&mut channels, &self.served, &self.clock, true);
+        *self.channels.lock().unwrap() = Some(channels);
         assert_eq!(self.served_len(), before + 1, "a start publishes once");
         assert_eq!(self.last().2, Change::Loaded);
         self.manager = Some(manager);
@@ -224,6 +259,8 @@ impl Lab {
 
     /// Drops the manager (and its lock), as a process exit would.
     fn stop(&mut self) {
+        self.observe();
+        *self.channels.lock().unwrap() = None;
         self.manager = None;
     }
 

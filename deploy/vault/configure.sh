@@ -40,8 +40,8 @@ ROLE_FILE=${ROLE_FILE:-}               # a complete role JSON body instead of th
 
 die() { echo "configure.sh: $*" >&2; exit 64; }
 
-# The names go into a glob and into JSON: hold them to tfe-oidc's own rules (SPEC §6), so that
-# neither a typo nor a ':' or '*' can widen the role.
+# The names go into a glob and into JSON: hold them to tfe-oidc's own input rules
+# (docs/reference.md, section 6.3), so that neither a typo nor a ':' or '*' can widen the role.
 [[ $ISSUER =~ ^https?://[^/?#]+$ ]] || die "ISSUER must be scheme://host[:port], no path and no trailing slash: $ISSUER"
 [[ $ORG =~ ^[A-Za-z0-9_-]{1,90}$ ]] || die "ORG may hold letters, digits, - and _ only: $ORG"
 [[ $WORKSPACE =~ ^[A-Za-z0-9_-]{1,90}$ ]] || die "WORKSPACE may hold letters, digits, - and _ only: $WORKSPACE"

@@ -45,6 +45,13 @@ pub fn describe(c: &Config) -> String {
             list(&l.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>())
         ));
         lines.push(format!("{name}.insecure_http = {}", l.insecure_http));
+        lines.push(format!(
+            "{name}.max_connections = {}",
+            l.max_connections.map_or(
+                "(auto: half the file descriptor limit, at most 16384)".to_owned(),
+                |n| n.to_string()
+            )
+        ));
     }
     lines.push(format!("discovery.jwks_max_age = {}", d(c.jwks_max_age)));
     lines.push(format!(

@@ -68,6 +68,8 @@ pub struct ListenerConfig {
     /// Peers allowed to connect; empty means any peer that can reach the address.
     pub allow: Vec<IpNet>,
     pub insecure_http: bool,
+    /// Connections served at once; `None`: half of the process's file descriptors, at most 16384.
+    pub max_connections: Option<usize>,
 }
 
 /// Rules for the tokens this issuer signs.
@@ -246,6 +248,13 @@ fn listener(
         })
         .collect();
     let insecure_http = raw.bool(&key("insecure_http")).unwrap_or(false);
+    let max_connections = raw.int(&key("max_connections"));
+    if max_connections.is_some_and(|n| !(1..=1_000_000).contains(&n)) {
+        problems.push(Problem::new(
+            &key("max_connections"),
+            "must be between 1 and 1000000",
+        ));
+    }
     let listen = listen?;
     if tls.is_none() && !is_loopback(listen.ip()) && !insecure_http {
         problems.push(Problem::new(
@@ -261,6 +270,7 @@ fn listener(
         tls,
         allow,
         insecure_http,
+        max_connections: max_connections.map(|n| n as usize),
     })
 }
 

@@ -1,36 +1,36 @@
-//! The API listener's routes (SPEC §7; the credential exchange's are in `credentials.rs`).
+//! The API listener's routes.
 //!
-//! Every `/v1` route authenticates the bearer token and checks its scope before reading the body;
-//! bodies are bounded (`api.max_body` → 413), must be JSON (415), and are parsed into validated
-//! types before anything happens, so that a bad request changes nothing.
+//! Every `/v1` handler takes an `Authorized<Scope>` caller and, when it has a body, a
+//! `StrictJson` body (`extract.rs`); both are checked before anything happens, so a bad request
+//! changes nothing. Handlers return typed response structs or an `ApiError`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use super::auth::{Caller, Scope};
-use super::error::ApiError;
-use super::{AppState, Tracked};
-use crate::keys::{Kid, listing};
+use super::error::{ApiError, ErrorCode};
+use super::extract::{Authorized, Keys, StrictJson, Tokens};
+use super::{ApiState, Tracked};
+use crate::keys::{Kid, Listing, listing};
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
 use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<ApiState>) -> Router {
     let tracked = Tracked {
         listener: "api",
         metrics: Arc::clone(&state.metrics),
     };
+    let count_errors =
+        axum::middleware::map_response_with_state(Arc::clone(&state), count_token_errors);
     Router::new()
-        .route("/v1/tokens", post(issue_token))
+        .route("/v1/tokens", post(issue_token).layer(count_errors))
         .route("/v1/credentials", post(super::credentials::exchange))
         .route(
             "/v1/credentials/revoke",
@@ -61,23 +61,21 @@ struct TokenBody {
     ttl: Option<String>,
 }
 
-async fn issue_token(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match issue(&state, &headers, body).await {
-        Ok(response) => response,
-        Err(e) => {
-            state.metrics.token_error(e.status_and_code().1);
-            e.into_response()
-        }
-    }
+/// The answer of `POST /v1/tokens`. Not `Debug`: it holds a token.
+#[derive(Serialize)]
+struct TokenResponse {
+    token: String,
+    kid: Kid,
+    jti: String,
+    issued_at: u64,
+    expires_at: u64,
 }
 
-async fn issue(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let caller = authorize(state, headers, Scope::Tokens)?;
-    let body: TokenBody = read_json(headers, body, state.max_body).await?;
+async fn issue_token(
+    State(state): State<Arc<ApiState>>,
+    Authorized { caller, .. }: Authorized<Tokens>,
+    StrictJson(body): StrictJson<TokenBody>,
+) -> Result<Json<TokenResponse>, ApiError> {
     let run = RunContext::parse(&RunInput {
         organization: body.organization,
         project: body.project,
@@ -90,8 +88,8 @@ async fn issue(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Resp
         ttl: body.ttl,
     };
     let checked = state.issuer.check(&request)?;
-    let published = state.published.load();
-    let signer = published.keys.signer.as_ref().ok_or_else(|| {
+    let snapshot = state.manager.snapshot();
+    let signer = snapshot.signer.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "no current signing key: the key store is not loaded; see the server log".into(),
         )
@@ -99,21 +97,33 @@ async fn issue(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Resp
     let issued = state
         .issuer
         .issue_checked(&request.run, checked, signer, state.manager.now());
+    state.audit.token_issued(&issued, &caller.name).map_err(|e| {
+        tracing::error!(error = %e, jti = %issued.claims.jti, "audit.path cannot be written: the token was not handed out");
+        ApiError::Unavailable(
+            "the audit log cannot be written, so no token is handed out; see the server log".into(),
+        )
+    })?;
     state.metrics.token_issued(request.run.phase);
-    state.audit.token_issued(&issued, &caller.name);
     let c = &issued.claims;
-    let json = serde_json::json!({
-        "token": issued.token, "kid": issued.kid.as_str(), "jti": c.jti, "issued_at": c.iat, "expires_at": c.exp,
-    });
-    Ok(Json(json).into_response())
+    Ok(Json(TokenResponse {
+        jti: c.jti.clone(),
+        issued_at: c.iat,
+        expires_at: c.exp,
+        kid: issued.kid,
+        token: issued.token,
+    }))
 }
 
-async fn list_keys(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers, Scope::Keys)?;
-    Ok(Json(listing(&state.published.load().keys.set)).into_response())
+/// Counts every refused token request by its error code.
+async fn count_token_errors(State(state): State<Arc<ApiState>>, response: Response) -> Response {
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        state.metrics.token_error(code);
+    }
+    response
+}
+
+async fn list_keys(State(state): State<Arc<ApiState>>, _: Authorized<Keys>) -> Json<Listing> {
+    Json(listing(&state.manager.snapshot().set))
 }
 
 #[derive(Deserialize)]
@@ -123,45 +133,52 @@ struct RotateQuery {
 }
 
 async fn rotate_keys(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    State(state): State<Arc<ApiState>>,
+    Authorized { caller, .. }: Authorized<Keys>,
     query: Result<Query<RotateQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, Scope::Keys)?;
+) -> Result<Json<Listing>, ApiError> {
     let Query(query) =
         query.map_err(|_| ApiError::invalid(Some("force"), "force must be true or false"))?;
     let manager = Arc::clone(&state.manager);
     let set = blocking(move || manager.rotate(query.force)).await??;
     tracing::info!(target: "audit", event = "keys_rotated", caller = %caller.name, force = query.force, "keys rotated");
-    Ok(Json(listing(&set)).into_response())
+    Ok(Json(listing(&set)))
+}
+
+/// The answer of `POST /v1/keys/{kid}/revoke`: the set after, and what it means for Vault.
+#[derive(Serialize)]
+struct Revoked {
+    #[serde(flatten)]
+    listing: Listing,
+    revoked: Kid,
+    note: &'static str,
 }
 
 async fn revoke_key(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    State(state): State<Arc<ApiState>>,
+    Authorized { caller, .. }: Authorized<Keys>,
     Path(kid): Path<String>,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, Scope::Keys)?;
+) -> Result<Json<Revoked>, ApiError> {
     let kid = Kid::parse(&kid)
         .map_err(|m| ApiError::NotFound(format!("{m}; GET /v1/keys lists the key ids")))?;
     let manager = Arc::clone(&state.manager);
     let revoked = kid.clone();
     let set = blocking(move || manager.revoke(&revoked)).await??;
     tracing::warn!(target: "audit", event = "key_revoked", caller = %caller.name, kid = %kid, "key revoked");
-    let mut body = listing(&set);
-    body["revoked"] = kid.as_str().into();
-    body["note"] = REVOKE_NOTE.into();
-    Ok(Json(body).into_response())
+    Ok(Json(Revoked {
+        listing: listing(&set),
+        revoked: kid,
+        note: REVOKE_NOTE,
+    }))
 }
 
 /// What a revocation does and does not do to a verifier's cache.
 const REVOKE_NOTE: &str = "the key is no longer published, but Vault keeps trusting it until it refetches the JWKS: it does so only when a login presents a token whose kid it has not cached (or whose signature fails), or when auth/jwt/config is rewritten; rewrite the config to make Vault drop the key now";
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let published = state.published.load();
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let snapshot = state.manager.snapshot();
     let now = state.manager.now();
-    let age = published
-        .keys
+    let age = snapshot
         .set
         .current()
         .and_then(|c| c.activated_at)
@@ -169,110 +186,27 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .unwrap_or(0);
     let gauges = KeyGauges {
         current_key_age_seconds: age,
-        jwks_keys: published.docs.key_count,
+        jwks_keys: snapshot.set.keys.len(),
+        rotations: snapshot.rotations,
     };
     let text = state.metrics.render(gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
-    match state.published.load().keys.signer {
-        Some(_) => (StatusCode::OK, "ready\n"),
+async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, String) {
+    if let Err(problem) = state.manager.health() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {problem}\n"),
+        );
+    }
+    match state.manager.snapshot().signer {
+        Some(_) => (StatusCode::OK, "ready\n".into()),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no current signing key\n",
+            "not ready: no current signing key\n".into(),
         ),
     }
-}
-
-/// The caller behind the bearer token, if it holds `scope`.
-pub(super) fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    scope: Scope,
-) -> Result<Caller, ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(
-                "send Authorization: Bearer <api token> (see `tfe-oidc api-token new`)".into(),
-            )
-        })?;
-    let caller = state
-        .api_tokens
-        .authenticate(presented)
-        .ok_or_else(|| ApiError::Unauthorized("the bearer token is not valid".into()))?;
-    if !caller.scopes.contains(&scope) {
-        tracing::warn!(target: "audit", event = "forbidden", caller = %caller.name, scope = scope.as_str(), "call outside the caller's scopes");
-        return Err(ApiError::Forbidden(format!(
-            "the token of caller {:?} lacks the {:?} scope; add it to the caller's line in the tokens file",
-            caller.name,
-            scope.as_str()
-        )));
-    }
-    Ok(caller.clone())
-}
-
-/// Reads a bounded JSON body and parses it, naming the field at fault.
-pub(super) async fn read_json<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-    parse_json(&bytes)
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        // A syntax error (or a truncated body) is no one field's fault, wherever it stopped.
-        let malformed = matches!(
-            inner.classify(),
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-        );
-        let message = inner.to_string();
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next());
-        let field = match (path.as_str(), missing) {
-            _ if malformed => String::new(),
-            (".", Some(name)) => name.to_owned(),
-            (_, Some(name)) => format!("{path}.{name}"),
-            (".", None) => String::new(),
-            (_, None) => path,
-        };
-        let field = (!field.is_empty()).then_some(field);
-        ApiError::invalid(
-            field.as_deref(),
-            format!("the body is not a valid request: {message}"),
-        )
-    })
 }
 
 async fn blocking<T: Send + 'static>(
@@ -285,12 +219,13 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::extract::parse_object;
     use super::*;
 
     fn field_of(json: &str) -> Option<String> {
-        match parse_json::<TokenBody>(json.as_bytes()) {
+        match parse_object::<TokenBody>(json.as_bytes()) {
             Err(ApiError::InvalidRequest { field, .. }) => field,
-            other => panic!("expected a 400, got {other:?}"),
+            other => panic!("expected a 400, got {:?}", other.err()),
         }
     }
 
@@ -308,5 +243,20 @@ mod tests {
         assert_eq!(field_of("not json"), None);
         assert_eq!(field_of(r#"{"organization": "#), None);
         assert_eq!(field_of(r#"{"run": {"id": "run-a", "phase": plan}}"#), None);
+    }
+
+    #[test]
+    fn only_one_object_is_a_body() {
+        const VALID: &str = r#"{"organization":{"id":"org-a","name":"a"},"project":{"id":"prj-a","name":"p"},"workspace":{"id":"ws-a","name":"w"},"run":{"id":"run-a","phase":"plan"}}"#;
+        assert!(parse_object::<TokenBody>(VALID.as_bytes()).is_ok());
+        for bad in [
+            format!("{VALID} xyz"),
+            format!("{VALID}{VALID}"),
+            format!("[{VALID}]"),
+            "\"text\"".to_owned(),
+            "42".to_owned(),
+        ] {
+            assert_eq!(field_of(&bad), None, "{bad}");
+        }
     }
 }

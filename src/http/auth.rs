@@ -1,13 +1,11 @@
-//! Bearer authentication of the API listener (SPEC §7).
+//! Bearer authentication of the API listener (docs/reference.md §4).
 //!
 //! The tokens file holds lines `sha256:<hex> <name> [scope,...]`; bearer tokens are never stored
 //! in clear. A presented token is hashed and compared in constant time against every digest. With
 //! no tokens file, `<keys.dir>/api-token` (mode 0600) holds a development token.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
@@ -17,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use subtle::ConstantTimeEq;
 
 use crate::discovery::hex;
+use crate::keys::store::{Access, KeyDir};
 
 /// What a caller may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,27 +78,71 @@ impl fmt::Debug for BearerToken {
     }
 }
 
+/// What is wrong with a tokens file. Messages name the file and line, never a digest.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    /// A line is not `sha256:<hex> <name> [scope,...]`.
+    #[error("line {number}: {why}")]
+    Line { number: usize, why: LineError },
+    /// No line names a token.
+    #[error("no tokens: add a line made by `tfe-oidc api-token new`")]
+    Empty,
+    /// Any of the above, in the file at `path`.
+    #[error("{path}: {source}")]
+    In {
+        path: PathBuf,
+        source: Box<TokensFileError>,
+    },
+}
+
+/// What is wrong with one line of a tokens file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("must start with sha256:<64 hex digits>")]
+    NoDigest,
+    #[error("the digest must be 64 hex digits")]
+    BadDigest,
+    #[error("a caller name must follow the digest")]
+    NoName,
+    #[error("unknown scope {0:?}: use tokens, credentials or keys")]
+    UnknownScope(String),
+    #[error("too many fields: expected `sha256:<hex> <name> [scope,...]`")]
+    TooManyFields,
+}
+
 impl ApiTokens {
     /// Parses a tokens file's text; errors name the line.
-    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+    pub fn parse(text: &str) -> Result<ApiTokens, TokensFileError> {
         let mut entries = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            entries.push(parse_line(line).map_err(|m| format!("line {}: {m}", number + 1))?);
+            let entry = parse_line(line).map_err(|why| TokensFileError::Line {
+                number: number + 1,
+                why,
+            })?;
+            entries.push(entry);
         }
         if entries.is_empty() {
-            return Err("no tokens: add a line made by `tfe-oidc api-token new`".into());
+            return Err(TokensFileError::Empty);
         }
         Ok(ApiTokens { entries })
     }
 
-    pub fn load(path: &Path) -> Result<ApiTokens, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        ApiTokens::parse(&text).map_err(|m| format!("{}: {m}", path.display()))
+    pub fn load(path: &Path) -> Result<ApiTokens, TokensFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        ApiTokens::parse(&text).map_err(|e| TokensFileError::In {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
     }
 
     /// The caller whose token this is, comparing against every digest in constant time.
@@ -115,29 +158,23 @@ impl ApiTokens {
     }
 }
 
-fn parse_line(line: &str) -> Result<Entry, String> {
+fn parse_line(line: &str) -> Result<Entry, LineError> {
     let mut fields = line.split_whitespace();
     let digest_text = fields.next().unwrap_or_default();
     let hex_text = digest_text
         .strip_prefix("sha256:")
-        .ok_or("must start with sha256:<64 hex digits>")?;
-    let digest = decode_hex32(hex_text).ok_or("the digest must be 64 hex digits")?;
-    let name = fields
-        .next()
-        .ok_or("a caller name must follow the digest")?
-        .to_owned();
+        .ok_or(LineError::NoDigest)?;
+    let digest = decode_hex32(hex_text).ok_or(LineError::BadDigest)?;
+    let name = fields.next().ok_or(LineError::NoName)?.to_owned();
     let scopes = match fields.next() {
         None => Scope::ALL.to_vec(),
         Some(list) => list
             .split(',')
-            .map(|s| {
-                Scope::parse(s)
-                    .ok_or_else(|| format!("unknown scope {s:?}: use tokens, credentials or keys"))
-            })
+            .map(|s| Scope::parse(s).ok_or_else(|| LineError::UnknownScope(s.to_owned())))
             .collect::<Result<_, _>>()?,
     };
     if fields.next().is_some() {
-        return Err("too many fields: expected `sha256:<hex> <name> [scope,...]`".into());
+        return Err(LineError::TooManyFields);
     }
     Ok(Entry {
         digest,
@@ -182,23 +219,22 @@ pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> St
 }
 
 /// The development token: read from `<keys_dir>/api-token`, created (mode 0600) when absent.
+/// `keys_dir` is created with mode 0700 when absent and checked as the key store checks it: a
+/// directory or token file another user could read or change is refused, and a link is never
+/// followed.
 pub fn development_token(keys_dir: &Path) -> io::Result<(PathBuf, ApiTokens)> {
-    let path = keys_dir.join("api-token");
-    let token = match std::fs::read_to_string(&path) {
-        Ok(text) => BearerToken(text.trim().to_owned()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(keys_dir)?;
+    const NAME: &str = "api-token";
+    let dir = KeyDir::create(keys_dir).map_err(io::Error::other)?;
+    let path = dir.path_of(NAME);
+    let token = match dir.read(NAME, Access::Private) {
+        Ok(bytes) => BearerToken(String::from_utf8_lossy(&bytes).trim().to_owned()),
+        Err(e) if e.is_not_found() => {
             let token = new_token();
-            let mut file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)?;
-            writeln!(file, "{}", token.0)?;
-            file.sync_all()?;
+            dir.create_new(NAME, format!("{}\n", token.0).as_bytes())
+                .map_err(io::Error::other)?;
             token
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(io::Error::other(e)),
     };
     if token.0.len() < 16 {
         return Err(io::Error::other(format!(
@@ -228,12 +264,15 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_their_line() {
-        let err = ApiTokens::parse("# comment\nsha256:zz name\n").unwrap_err();
+        let err = ApiTokens::parse("# comment\nsha256:zz name\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("line 2:"), "{err}");
         let digest = "0".repeat(64);
         assert!(
             ApiTokens::parse(&format!("sha256:{digest} n bogus"))
                 .unwrap_err()
+                .to_string()
                 .contains("unknown scope")
         );
         assert_eq!(

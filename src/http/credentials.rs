@@ -9,16 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::Value;
 
-use super::AppState;
-use super::api::{authorize, read_json};
-use super::auth::Scope;
+use super::ApiState;
 use super::error::ApiError;
+use super::extract::{Authorized, Credentials, StrictJson};
 use crate::exchange::{ExchangeError, Minter, RevokeRequest, revoke};
 use crate::token::claims::{Audience, RunContext, RunInput};
 use crate::token::{IssuedToken, TokenRequest};
@@ -26,18 +23,16 @@ use crate::token::{IssuedToken, TokenRequest};
 /// The body of `POST /v1/credentials`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExchangeBody {
+pub struct ExchangeBody {
     run: RunInput,
     variables: BTreeMap<String, String>,
 }
 
 pub async fn exchange(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, Scope::Credentials)?;
-    let body: ExchangeBody = read_json(&headers, body, state.max_body).await?;
+    State(state): State<Arc<ApiState>>,
+    Authorized { caller, .. }: Authorized<Credentials>,
+    StrictJson(body): StrictJson<ExchangeBody>,
+) -> Result<Json<Value>, ApiError> {
     let run = RunContext::parse(&body.run)
         .map_err(|e| ApiError::invalid(Some(&format!("run.{}", e.field)), e.message))?;
     let minter = ApiMinter {
@@ -50,17 +45,22 @@ pub async fn exchange(
         .exchanger
         .exchange(&body.variables, run.phase, &minter, &state.metrics, now)
         .await;
-    log_outcome("credentials_issued", &caller.name, &run, &result);
-    Ok(Json(result?).into_response())
+    match &result {
+        Ok(_) => {
+            tracing::info!(target: "audit", event = "credentials_issued", caller = %caller.name, run = %run.run_id, workspace = %run.workspace_name, "credential exchange done")
+        }
+        Err(e) => {
+            tracing::warn!(target: "audit", event = "credentials_refused", caller = %caller.name, run = %run.run_id, workspace = %run.workspace_name, error = %e, "credential exchange failed")
+        }
+    }
+    Ok(Json(result?))
 }
 
 pub async fn revoke_credentials(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, Scope::Credentials)?;
-    let request: RevokeRequest = read_json(&headers, body, state.max_body).await?;
+    State(state): State<Arc<ApiState>>,
+    Authorized { caller, .. }: Authorized<Credentials>,
+    StrictJson(request): StrictJson<RevokeRequest>,
+) -> Result<Json<Value>, ApiError> {
     let result = revoke(&state.exchanger, request, &state.metrics).await;
     match &result {
         Ok(done) => {
@@ -70,23 +70,12 @@ pub async fn revoke_credentials(
             tracing::warn!(target: "audit", event = "credentials_revoke_failed", caller = %caller.name, error = %e, "vault token revocation failed")
         }
     }
-    Ok(Json(result?).into_response())
-}
-
-fn log_outcome<T>(event: &str, caller: &str, run: &RunContext, result: &Result<T, ExchangeError>) {
-    match result {
-        Ok(_) => {
-            tracing::info!(target: "audit", event, caller, run = %run.run_id, workspace = %run.workspace_name, "credential exchange done")
-        }
-        Err(e) => {
-            tracing::warn!(target: "audit", event = "credentials_refused", caller, run = %run.run_id, workspace = %run.workspace_name, error = %e, "credential exchange failed")
-        }
-    }
+    Ok(Json(result?))
 }
 
 /// Signs Vault login tokens for one run with the current key, counted and audited.
 struct ApiMinter<'a> {
-    state: &'a AppState,
+    state: &'a ApiState,
     run: &'a RunContext,
     caller: &'a str,
 }
@@ -114,8 +103,8 @@ impl Minter for ApiMinter<'_> {
             .issuer
             .check(&request)
             .map_err(|e| ExchangeError::Unavailable(e.message))?;
-        let published = self.state.published.load();
-        let signer = published.keys.signer.as_ref().ok_or_else(|| {
+        let snapshot = self.state.manager.snapshot();
+        let signer = snapshot.signer.as_ref().ok_or_else(|| {
             ExchangeError::Unavailable(
                 "no current signing key: the key store is not loaded; see the server log".into(),
             )
@@ -126,8 +115,15 @@ impl Minter for ApiMinter<'_> {
             signer,
             self.state.manager.now(),
         );
+        // As for /v1/tokens: a token the audit cannot record is not used.
+        self.state.audit.token_issued(&issued, self.caller).map_err(|e| {
+            tracing::error!(error = %e, jti = %issued.claims.jti, "audit.path cannot be written: the token was not used");
+            ExchangeError::Unavailable(
+                "the audit log cannot be written, so no token is minted; see the server log"
+                    .into(),
+            )
+        })?;
         self.state.metrics.token_issued(request.run.phase);
-        self.state.audit.token_issued(&issued, self.caller);
         Ok(issued)
     }
 }

@@ -1,4 +1,4 @@
-//! The one mapping from API errors to HTTP status, stable error code and JSON body (SPEC §7).
+//! The one mapping from API errors to HTTP status, stable error code and JSON body (docs/reference.md §4).
 //!
 //! Every `/v1` handler returns `ApiError`; `IntoResponse` below is the only place a status is
 //! chosen. A 4xx says what is wrong and how to fix it, naming the field; a 5xx says nothing of
@@ -42,6 +42,14 @@ pub enum ApiError {
     /// A Vault call failed (502): the step, the configuration and Vault's own error text.
     #[error("{0}")]
     Upstream(String),
+    /// The body did not arrive within the request timeout (408); the connection is closed.
+    #[error("the request body did not arrive within 10s: send the whole body at once")]
+    RequestTimeout,
+    /// The body could not be read: a malformed chunked encoding, or the client went away (400).
+    #[error(
+        "the request body could not be read ({0}): send a complete body with a valid Content-Length or chunked encoding"
+    )]
+    BodyUnreadable(String),
     /// The service cannot serve this now, e.g. no signing key (503).
     #[error("{0}")]
     Unavailable(String),
@@ -61,7 +69,9 @@ impl ApiError {
     /// Status and stable code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::InvalidRequest { .. } | ApiError::BodyUnreadable(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -71,6 +81,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -116,6 +127,10 @@ impl From<ExchangeError> for ApiError {
     }
 }
 
+/// The stable code of an error response, for the layers that count them.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'static str,
@@ -145,11 +160,17 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let headers = response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::REQUEST_TIMEOUT => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
+        response.extensions_mut().insert(ErrorCode(code));
         response
     }
 }

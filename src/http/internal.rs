@@ -1,6 +1,7 @@
-//! The discovery listener's routes (SPEC §5): the two documents, with strong ETags,
+//! The discovery listener's routes (docs/reference.md §3): the two documents, with strong ETags,
 //! `If-None-Match` → 304, cache headers and HEAD; `/healthz`; 404 for anything else and 405 for
-//! other methods. The bytes come pre-rendered from the current `Published` snapshot.
+//! other methods. The bytes come pre-rendered: the configuration once at start, the JWKS by the
+//! key manager once per key set.
 //!
 //! This listener is a plain `tower::Service` rather than an axum `Router`: it has three fixed
 //! routes, and routing, extraction and middleware were about a third of the CPU time of a JWKS
@@ -17,7 +18,7 @@ use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::Response;
 
-use super::AppState;
+use super::DiscoveryState;
 use crate::discovery::{CONFIGURATION_PATH, JWKS_PATH, Rendered};
 
 /// `Cache-Control` of the discovery document.
@@ -29,10 +30,10 @@ const GET_HEAD: HeaderValue = HeaderValue::from_static("GET,HEAD");
 /// The discovery listener's service.
 #[derive(Clone)]
 pub struct Discovery {
-    state: Arc<AppState>,
+    state: DiscoveryState,
 }
 
-pub fn service(state: Arc<AppState>) -> Discovery {
+pub fn service(state: DiscoveryState) -> Discovery {
     Discovery { state }
 }
 
@@ -80,14 +81,11 @@ impl Discovery {
             return (route, with_length(response, 0));
         }
         let response = match route {
-            CONFIGURATION_PATH => {
-                let published = self.state.published.load();
-                document(&published.docs.configuration, CONFIGURATION_CACHE, headers)
-            }
+            CONFIGURATION_PATH => document(&self.state.configuration, CONFIGURATION_CACHE, headers),
             JWKS_PATH => {
-                let published = self.state.published.load();
+                let jwks = Arc::clone(&self.state.jwks.borrow());
                 let cache = self.state.jwks_cache_control.clone();
-                document(&published.docs.jwks, cache, headers)
+                document(&jwks, cache, headers)
             }
             _ => text(StatusCode::OK, "ok"),
         };

@@ -1,8 +1,8 @@
 //! The two HTTP listeners: the state they share, the accept loop and graceful shutdown.
 //!
-//! - `internal.rs`: the discovery listener's routes (SPEC §5).
-//! - `api.rs`: the authenticated API's routes (SPEC §7); `auth.rs` its bearer tokens;
-//!   `credentials.rs` the credential exchange's routes.
+//! - `internal.rs`: the discovery listener's routes (docs/reference.md §3).
+//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens;
+//!   `credentials.rs` the credential exchange's routes; `extract.rs` the caller and body extractors.
 //! - `error.rs`: the one API error → status mapping. `tls.rs`: rustls configuration.
 //!
 //! `serve` owns a listening socket: it refuses peers outside the allow list before any byte is
@@ -11,13 +11,15 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod credentials;
 pub mod error;
+pub mod extract;
 pub mod internal;
 pub mod tls;
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,56 +28,60 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::discovery::Documents;
-use crate::keys::KeySnapshot;
+use crate::discovery::Rendered;
 use crate::keys::manager::KeyManager;
 use crate::telemetry::{Audit, Metrics};
 use crate::token::TokenIssuer;
 use auth::ApiTokens;
 
-/// What the listeners serve at one instant: the key snapshot and the documents rendered from it.
-#[derive(Debug)]
-pub struct Published {
-    pub keys: Arc<KeySnapshot>,
-    pub docs: Documents,
+/// The discovery listener's state: the documents it serves, and nothing else (no key, no API
+/// token, no audit).
+#[derive(Clone)]
+pub struct DiscoveryState {
+    /// `/.well-known/openid-configuration`, rendered once at start.
+    pub configuration: Rendered,
+    /// `/.well-known/jwks`, rendered by the key manager once per committed key set.
+    pub jwks: watch::Receiver<Arc<Rendered>>,
+    /// `Cache-Control` of the JWKS: `public, max-age=<jwks_max_age>`.
+    pub jwks_cache_control: axum::http::HeaderValue,
+    pub metrics: Arc<Metrics>,
 }
 
-/// Everything the handlers share.
-pub struct AppState {
-    pub published: Arc<ArcSwap<Published>>,
+/// What the API handlers share.
+pub struct ApiState {
     pub manager: Arc<KeyManager>,
     pub issuer: TokenIssuer,
-    pub api_tokens: ApiTokens,
+    pub api_tokens: Reloadable<ApiTokens>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     /// The credential exchange: Vault pools and the `[exchange]` settings.
     pub exchanger: crate::exchange::Exchanger,
-    /// `Cache-Control` of the JWKS: `public, max-age=<jwks_max_age>`.
-    pub jwks_cache_control: axum::http::HeaderValue,
     pub max_body: usize,
 }
 
 /// How long a graceful shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client may take to complete the TLS handshake or send its request headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, how long to wait for one more connection already queued in the backlog.
+const BACKLOG_POLL: Duration = Duration::from_millis(5);
+
+/// A value that SIGHUP may replace while connections keep using the one they started with.
+pub type Reloadable<T> = Arc<ArcSwap<T>>;
 
 /// A bound socket and how to accept on it.
 pub struct Listener {
     pub name: &'static str,
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Reloadable<rustls::ServerConfig>>,
     /// Empty: every peer that can reach the socket.
     pub allow: Vec<IpNet>,
+    /// Connections served at once; more are accepted and closed at once, and counted.
+    pub max_connections: usize,
 }
 
 /// A listener's HTTP service: an axum `Router`, or the discovery listener's own service.
@@ -84,7 +90,7 @@ pub trait HttpService:
         hyper::Request<hyper::body::Incoming>,
         Response = Response,
         Error = std::convert::Infallible,
-        Future: Send + 'static,
+        Future: Send + Unpin + 'static,
     > + Clone
     + Send
     + Sync
@@ -97,7 +103,7 @@ impl<S> HttpService for S where
             hyper::Request<hyper::body::Incoming>,
             Response = Response,
             Error = std::convert::Infallible,
-            Future: Send + 'static,
+            Future: Send + Unpin + 'static,
         > + Clone
         + Send
         + Sync
@@ -105,81 +111,106 @@ impl<S> HttpService for S where
 {
 }
 
-/// Serves `service` on `listener` until `shutdown` turns true, then drains.
+/// Serves `service` on `listener` until `shutdown` turns true, then drains: connections already
+/// waiting in the backlog are still accepted and answered, in-flight requests finish (within
+/// 30 s), idle connections close.
 pub async fn serve(
     listener: Listener,
     service: impl HttpService,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let Listener {
+        name,
+        tcp,
+        tls,
+        allow,
+        max_connections,
+    } = listener;
+    let admission = Admission {
+        name,
+        tls,
+        allow,
+        max_connections,
+        permits: Arc::new(Semaphore::new(max_connections)),
+        metrics,
+        shutdown: shutdown.clone(),
+    };
+    let mut connections = JoinSet::new();
+    let mut stop = shutdown;
     loop {
         let accepted = tokio::select! {
-            accepted = listener.tcp.accept() => accepted,
-            _ = shutdown.changed() => break,
+            accepted = tcp.accept() => accepted,
+            _ = stop.changed() => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+        while connections.try_join_next().is_some() {}
+        match accepted {
+            Ok(pair) => admission.admit(pair, &service, &mut connections),
             Err(e) => {
-                tracing::warn!(listener = listener.name, error = %e, "accept failed");
+                tracing::warn!(listener = name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        if !allowed(&listener.allow, peer.ip()) {
-            if listener.name == "discovery" {
-                metrics.discovery_refused();
-            }
-            tracing::warn!(listener = listener.name, peer = %peer, "connection from a peer outside the allow list closed");
-            drop(stream);
-            continue;
         }
-        let _ = stream.set_nodelay(true);
-        let connection = serve_connection(
-            stream,
-            listener.tls.clone(),
-            service.clone(),
-            graceful.watcher(),
+    }
+    // Peers whose connection the kernel completed before shutdown may already have sent a
+    // request: accept and answer them rather than resetting them by closing the socket.
+    while let Ok(Ok(pair)) = tokio::time::timeout(BACKLOG_POLL, tcp.accept()).await {
+        admission.admit(pair, &service, &mut connections);
+    }
+    drop(tcp);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::warn!(
+            listener = name,
+            "in-flight requests did not finish within 30s"
         );
-        tokio::spawn(connection);
-    }
-    drop(listener.tcp);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("in-flight requests did not finish within 30s"),
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    tls: Option<TlsAcceptor>,
-    service: impl HttpService,
-    watcher: Watcher,
-) {
-    match tls {
-        None => serve_io(TokioIo::new(stream), service, watcher).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_io(TokioIo::new(tls_stream), service, watcher).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+/// Decides which accepted connections are served, and serves them.
+struct Admission {
+    name: &'static str,
+    tls: Option<Reloadable<rustls::ServerConfig>>,
+    allow: Vec<IpNet>,
+    max_connections: usize,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Admission {
+    fn admit(
+        &self,
+        (stream, peer): (TcpStream, SocketAddr),
+        service: &impl HttpService,
+        connections: &mut JoinSet<()>,
+    ) {
+        let name = self.name;
+        if !allowed(&self.allow, peer.ip()) {
+            if name == "discovery" {
+                self.metrics.discovery_refused();
             }
+            tracing::warn!(listener = name, peer = %peer, "connection from a peer outside the allow list closed");
+            return;
         }
-    }
-}
-
-async fn serve_io<I>(io: I, service: impl HttpService, watcher: Watcher)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
-    let connection = builder.serve_connection(io, TowerToHyperService::new(service));
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            self.metrics.connection_refused(name);
+            tracing::warn!(listener = name, peer = %peer, limit = self.max_connections, "connection limit reached: connection closed");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|config| TlsAcceptor::from(config.load_full()));
+        let open = self.metrics.connection_opened(name);
+        let connection = conn::serve(stream, tls, service.clone(), self.shutdown.clone());
+        connections.spawn(async move {
+            connection.await;
+            drop((permit, open));
+        });
     }
 }
 

@@ -1,20 +1,25 @@
 //! The single writer of the key set.
 //!
 //! `KeyManager` applies the lifecycle rules, makes each new set durable through its `KeyStore`,
-//! and only then publishes an immutable `KeySnapshot` (a key is never signed with before the set
-//! that publishes it is committed and handed to the publisher). Readers take snapshots and never
-//! wait on the writer. Its methods block (key generation, fsync): call them from
-//! `spawn_blocking`. `run_rotator` is the background task that drives the schedule.
+//! and only then publishes it, through two `tokio::sync::watch` channels: first the JWKS document
+//! rendered from the set (what the discovery listener serves), then the `KeySnapshot` with the
+//! signing key (what issuance uses). So a key never signs before the JWKS that publishes it is
+//! both committed and visible. Readers borrow the latest value and never wait on the writer. Its
+//! methods block (key generation, fsync): call them from `spawn_blocking`. `run_rotator` is the
+//! background task that drives the schedule and, every few seconds, checks that the store still
+//! holds what the committed set needs (`check_store`): a key file deleted under a running server
+//! is rewritten from memory, and a failure to do so is the manager's `health` until a later check
+//! succeeds.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::lifecycle::{self, Policy, RotateRefused};
 use super::store::{KeyStore, Loaded, StoreError};
-use super::{Clock, KeyInfo, KeySet, KeySnapshot, Kid};
+use super::{Clock, KeyInfo, KeySet, KeySnapshot, Kid, SigningKey};
+use crate::discovery::{JwkSet, Rendered};
 
 /// What made the set change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +48,11 @@ pub enum ManagerError {
     UnknownKid(Kid),
 }
 
-/// Called with every new snapshot, after it is durable and before it is visible to readers.
-pub type Publisher = Box<dyn Fn(&Arc<KeySnapshot>, Change) + Send + Sync>;
+/// Why the key store cannot be relied on right now: the message of the store's error, which names
+/// the file at fault and never key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(String);
 
 struct Inner {
     store: Box<dyn KeyStore>,
@@ -56,8 +64,10 @@ pub struct KeyManager {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
     policy: Policy,
-    snapshot: ArcSwap<KeySnapshot>,
-    publisher: Publisher,
+    jwks: watch::Sender<Arc<Rendered>>,
+    keys: watch::Sender<Arc<KeySnapshot>>,
+    /// The last `check_store` failure; never held across anything slow.
+    health: Mutex<Option<Unhealthy>>,
 }
 
 impl KeyManager {
@@ -66,20 +76,23 @@ impl KeyManager {
         store: Box<dyn KeyStore>,
         clock: Arc<dyn Clock>,
         policy: Policy,
-        publisher: Publisher,
     ) -> Result<KeyManager, ManagerError> {
         let mut store = store;
         let loaded = store.load()?;
-        let empty = Arc::new(KeySnapshot {
+        let empty = KeySnapshot {
             set: KeySet::default(),
             signer: None,
-        });
+            change: Change::Loaded,
+            sequence: 0,
+            rotations: 0,
+        };
         let manager = KeyManager {
             inner: Mutex::new(Inner { store, loaded }),
             clock,
             policy,
-            snapshot: ArcSwap::new(empty),
-            publisher,
+            jwks: watch::Sender::new(Arc::new(Rendered::of(&JwkSet::new(&empty.set)))),
+            keys: watch::Sender::new(Arc::new(empty)),
+            health: Mutex::new(None),
         };
         {
             let mut inner = manager.lock();
@@ -96,7 +109,54 @@ impl KeyManager {
 
     /// The snapshot readers use now.
     pub fn snapshot(&self) -> Arc<KeySnapshot> {
-        self.snapshot.load_full()
+        Arc::clone(&self.keys.borrow())
+    }
+
+    /// Every snapshot from now on, the latest first.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<KeySnapshot>> {
+        self.keys.subscribe()
+    }
+
+    /// The JWKS document of every committed set, rendered once per set.
+    pub fn subscribe_jwks(&self) -> watch::Receiver<Arc<Rendered>> {
+        self.jwks.subscribe()
+    }
+
+    /// `Err` while the last `check_store` could not restore a file the committed set needs.
+    pub fn health(&self) -> Result<(), Unhealthy> {
+        match &*self.health_slot() {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the store still holds every file the committed set needs, rewriting from memory
+    /// any that went missing or was replaced (logged at error level, naming the file). A failure
+    /// becomes the manager's `health` until a later check succeeds.
+    pub fn check_store(&self) {
+        let result = {
+            let mut inner = self.lock();
+            let Inner { store, loaded } = &mut *inner;
+            store.restore(loaded)
+        };
+        match result {
+            Ok(restored) => {
+                for r in restored {
+                    tracing::error!(file = %r.path.display(), problem = %r.problem, "a key store file went missing or was replaced while running; rewritten from memory");
+                }
+                if self.health_slot().take().is_some() {
+                    tracing::info!("the key store holds every file the key set needs again");
+                }
+            }
+            Err(e) => {
+                let problem = Unhealthy(e.to_string());
+                let mut slot = self.health_slot();
+                if slot.as_ref() != Some(&problem) {
+                    tracing::error!(error = %problem, "the key store cannot hold the key set safely (a restart may fail or lose a key); /readyz answers 503 until this is fixed");
+                }
+                *slot = Some(problem);
+            }
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -163,6 +223,12 @@ impl KeyManager {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn health_slot(&self) -> std::sync::MutexGuard<'_, Option<Unhealthy>> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Expiry plus a rotation when one is due; `None` when nothing changes.
     fn bring_up_to_date(
         &self,
@@ -218,27 +284,50 @@ impl KeyManager {
             .current()
             .and_then(|c| inner.loaded.signers.get(&c.kid).cloned());
         inner.loaded.set = set.clone();
-        let snapshot = Arc::new(KeySnapshot { set, signer });
-        (self.publisher)(&snapshot, change);
-        self.snapshot.store(snapshot);
+        self.publish(set, signer, change);
         Ok(())
+    }
+
+    /// The JWKS first, then the signer: see the module documentation.
+    fn publish(&self, set: KeySet, signer: Option<Arc<SigningKey>>, change: Change) {
+        let previous = self.snapshot();
+        let snapshot = KeySnapshot {
+            signer,
+            change,
+            sequence: previous.sequence + 1,
+            rotations: previous.rotations + u64::from(change == Change::Rotated),
+            set,
+        };
+        self.jwks
+            .send_replace(Arc::new(Rendered::of(&JwkSet::new(&snapshot.set))));
+        let kid = |k: Option<&KeyInfo>| k.map(|k| k.kid.to_string()).unwrap_or_default();
+        tracing::info!(change = ?change, current = %kid(snapshot.set.current()), next = %kid(snapshot.set.next()), published = snapshot.set.keys.len(), "key set published");
+        self.keys.send_replace(Arc::new(snapshot));
     }
 }
 
-/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most a
-/// minute, so a changed clock or set is noticed), then ticks. A failing store is retried.
+/// How often the rotator wakes at most: to check the store's files and to notice a changed clock.
+const CHECK_INTERVAL_SECS: u64 = 2;
+
+/// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most
+/// `CHECK_INTERVAL_SECS`), checks the store's files, then ticks. A failing store is retried.
 pub async fn run_rotator(manager: Arc<KeyManager>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let wait = match manager.next_deadline() {
-            Some(deadline) => Duration::from_secs(deadline.saturating_sub(manager.now()).min(60)),
-            None => Duration::from_secs(60),
+        let secs = match manager.next_deadline() {
+            Some(deadline) => deadline.saturating_sub(manager.now()),
+            None => CHECK_INTERVAL_SECS,
         };
+        let wait = Duration::from_secs(secs.min(CHECK_INTERVAL_SECS));
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             _ = shutdown.changed() => return,
         }
         let m = Arc::clone(&manager);
-        match tokio::task::spawn_blocking(move || m.tick()).await {
+        let ticked = tokio::task::spawn_blocking(move || {
+            m.check_store();
+            m.tick()
+        });
+        match ticked.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "key rotation failed; the current key keeps signing, retrying in 5s");

@@ -1,9 +1,9 @@
 //! Signing keys: what a key is (`Kid`, `PublicJwk`, `KeyInfo`), the key set and its lifecycle
-//! states (SPEC §4).
+//! states (docs/reference.md §7).
 //!
 //! - `clock.rs`: the injected clock.
 //! - `lifecycle.rs`: the pure rules (rotate, expire, revoke) that turn one `KeySet` into the next.
-//! - `store.rs`: the `KeyStore` interface and the crash-safe file store; the only code that writes keys.
+//! - `store/`: the `KeyStore` interface and the crash-safe file store; the only code that writes keys.
 //! - `manager.rs`: the single writer: applies the rules, persists, then publishes a snapshot.
 //!
 //! Nothing here knows about HTTP or tokens' claims.
@@ -36,7 +36,7 @@ impl Kid {
     }
 
     /// Accepts only the thumbprint form, so a kid can name a file safely.
-    pub fn parse(text: &str) -> Result<Kid, String> {
+    pub fn parse(text: &str) -> Result<Kid, NotAKid> {
         let ok = text.len() == 43
             && text
                 .bytes()
@@ -44,16 +44,19 @@ impl Kid {
         if ok {
             Ok(Kid(text.to_owned()))
         } else {
-            Err(format!(
-                "{text:?} is not a key id (43 base64url characters)"
-            ))
+            Err(NotAKid(text.chars().take(64).collect()))
         }
     }
 }
 
+/// Text that is not a key id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a key id (43 base64url characters)")]
+pub struct NotAKid(String);
+
 impl TryFrom<String> for Kid {
-    type Error = String;
-    fn try_from(text: String) -> Result<Kid, String> {
+    type Error = NotAKid;
+    fn try_from(text: String) -> Result<Kid, NotAKid> {
         Kid::parse(&text)
     }
 }
@@ -182,27 +185,40 @@ impl KeySet {
 
     /// Checks the set's own invariants: at most one next and one current, unique kids that are
     /// their thumbprints, retired keys with a `verify_until`.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SetError> {
         let count = |s| self.keys.iter().filter(|k| k.state == s).count();
         if count(KeyState::Current) > 1 || count(KeyState::Next) > 1 {
-            return Err("more than one current or next key".into());
+            return Err(SetError::TwoInOneState);
         }
         let mut kids: Vec<&Kid> = self.keys.iter().map(|k| &k.kid).collect();
         kids.sort();
         kids.dedup();
         if kids.len() != self.keys.len() {
-            return Err("duplicate kid".into());
+            return Err(SetError::DuplicateKid);
         }
         for key in &self.keys {
             if key.jwk.thumbprint() != key.kid {
-                return Err(format!("kid {} is not the thumbprint of its key", key.kid));
+                return Err(SetError::NotItsThumbprint(key.kid.clone()));
             }
             if key.state == KeyState::Retired && key.verify_until.is_none() {
-                return Err(format!("retired key {} has no verify_until", key.kid));
+                return Err(SetError::RetiredWithoutEnd(key.kid.clone()));
             }
         }
         Ok(())
     }
+}
+
+/// A key set that breaks its own invariants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("more than one current or next key")]
+    TwoInOneState,
+    #[error("duplicate kid")]
+    DuplicateKid,
+    #[error("kid {0} is not the thumbprint of its key")]
+    NotItsThumbprint(Kid),
+    #[error("retired key {0} has no verify_until")]
+    RetiredWithoutEnd(Kid),
 }
 
 /// The private half of a key, parsed once, able to sign. Its `Debug` shows only the kid.
@@ -279,19 +295,38 @@ pub fn public_jwk(pair: &KeyPair) -> PublicJwk {
 
 /// The key set as `keys list --format json` and `GET /v1/keys` show it: no key material, times
 /// in Unix seconds.
-pub fn listing(set: &KeySet) -> serde_json::Value {
-    let keys: Vec<_> = set
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub keys: Vec<ListedKey>,
+}
+
+/// One key of a [`Listing`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedKey {
+    pub kid: Kid,
+    pub state: KeyState,
+    pub bits: usize,
+    pub created_at: UnixTime,
+    pub activated_at: Option<UnixTime>,
+    pub retired_at: Option<UnixTime>,
+    pub verify_until: Option<UnixTime>,
+}
+
+pub fn listing(set: &KeySet) -> Listing {
+    let keys = set
         .keys
         .iter()
-        .map(|k| {
-            serde_json::json!({
-                "kid": k.kid.as_str(), "state": k.state.as_str(), "bits": k.jwk.bits(),
-                "created_at": k.created_at, "activated_at": k.activated_at,
-                "retired_at": k.retired_at, "verify_until": k.verify_until,
-            })
+        .map(|k| ListedKey {
+            kid: k.kid.clone(),
+            state: k.state,
+            bits: k.jwk.bits(),
+            created_at: k.created_at,
+            activated_at: k.activated_at,
+            retired_at: k.retired_at,
+            verify_until: k.verify_until,
         })
         .collect();
-    serde_json::json!({ "keys": keys })
+    Listing { keys }
 }
 
 /// An immutable view of the keys at one instant: what is published, and the key that signs.
@@ -299,6 +334,12 @@ pub fn listing(set: &KeySet) -> serde_json::Value {
 pub struct KeySnapshot {
     pub set: KeySet,
     pub signer: Option<Arc<SigningKey>>,
+    /// What made the set change to this one.
+    pub change: manager::Change,
+    /// 1 for the first set a manager publishes, then one more for every set after it.
+    pub sequence: u64,
+    /// Rotations committed by this manager since it started.
+    pub rotations: u64,
 }
 
 #[cfg(test)]

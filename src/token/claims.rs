@@ -1,4 +1,4 @@
-//! A run's identity and the claims it becomes (SPEC §6).
+//! A run's identity and the claims it becomes (docs/reference.md §6).
 //!
 //! Every input is checked here so that no claim can be forged through another: names cannot hold
 //! `:`, `*` or control characters (Vault's glob `*` also matches `:`), IDs carry their prefix, the

@@ -1,4 +1,4 @@
-//! Run identity tokens: validated requests in, signed RS256 JWTs out (SPEC §6).
+//! Run identity tokens: validated requests in, signed RS256 JWTs out (docs/reference.md §6).
 //!
 //! `claims.rs` owns the input rules and the claim set; this file applies the token policy
 //! (audience allowlist, TTL bounds) and assembles the compact JWS with the current key. It does

@@ -17,6 +17,8 @@ use tfe_oidc::keys::{Clock, FakeClock, SystemClock};
 use tfe_oidc::service::{self, Running};
 
 pub mod bao;
+pub mod process;
+pub mod raw;
 
 /// Installs aws-lc-rs as the process's rustls provider (reqwest is built without one).
 pub fn init_crypto() {
