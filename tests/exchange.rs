@@ -555,6 +555,7 @@ async fn a_namespace_is_logged_into_and_read() {
         "{done}"
     );
     assert_eq!(lookup_status(&f.bao, token, Some("team")).await, 403);
+    assert_no_secret_logged(&[secrets.all(), vec![token]].concat());
 }
 
 /// A Vault behind TLS with a private CA: trusted through `TFC_VAULT_ENCODED_CACERT`, refused
@@ -1021,6 +1022,7 @@ async fn revocation_makes_the_token_unusable_and_is_idempotent() {
         (400, Some("default.namespace")),
         "{body}"
     );
+    assert_no_secret_logged(&[token]);
 }
 
 /// The Vault client's general calls (the transit key store will use them too): write, read,
