@@ -244,8 +244,11 @@ impl Vault {
         request
     }
 
-    /// Sends `request`; the JSON answer of a 2xx (`None` for 204 or an empty body).
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, VaultError> {
+    /// Sends `request`; the answer of a 2xx (`None` for 204 or an empty body).
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<response::Envelope>, VaultError> {
         let timeout = self.endpoint.timeout;
         let response = request.send().await.map_err(|e| transport(e, timeout))?;
         let status = response.status().as_u16();

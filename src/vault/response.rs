@@ -50,8 +50,9 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Vault's answer around `auth` or `data`.
 #[derive(Deserialize)]
-struct Envelope {
+pub(super) struct Envelope {
     auth: Option<Auth>,
     data: Option<Map<String, Value>>,
     #[serde(default)]
@@ -68,8 +69,10 @@ struct Errors {
     errors: Vec<String>,
 }
 
-/// A 2xx answer's JSON (`None` when empty), or the error of any other status.
-pub(super) fn classify(status: u16, body: &[u8]) -> Result<Option<Value>, VaultError> {
+/// A 2xx answer's envelope (`None` when empty), or the error of any other status. The body is
+/// read straight into the envelope: serde_json's errors name a position and an expected type,
+/// never the value they read.
+pub(super) fn classify(status: u16, body: &[u8]) -> Result<Option<Envelope>, VaultError> {
     if !(200..300).contains(&status) {
         let errors = serde_json::from_slice::<Errors>(body)
             .map(|e| e.errors)
@@ -81,47 +84,30 @@ pub(super) fn classify(status: u16, body: &[u8]) -> Result<Option<Value>, VaultE
     }
     serde_json::from_slice(body)
         .map(Some)
-        .map_err(|e| VaultError::Decode(format!("not JSON ({e})")))
-}
-
-fn envelope(answer: Option<Value>) -> Result<Envelope, VaultError> {
-    let answer = answer.ok_or_else(|| VaultError::Decode("the answer is empty".into()))?;
-    // serde_json's error names a position and an expected type, never the value it read.
-    serde_json::from_value(answer).map_err(|e| VaultError::Decode(e.to_string()))
+        .map_err(|e| VaultError::Decode(format!("not the JSON vault sends ({e})")))
 }
 
 /// The `auth` block of an answer.
-pub(super) fn auth(answer: Option<Value>) -> Result<Auth, VaultError> {
-    envelope(answer)?
-        .auth
+pub(super) fn auth(answer: Option<Envelope>) -> Result<Auth, VaultError> {
+    answer
+        .and_then(|e| e.auth)
         .ok_or_else(|| VaultError::Decode("the answer has no auth block".into()))
 }
 
 /// The `data` and lease of an answer.
-pub(super) fn secret(answer: Option<Value>) -> Result<Secret, VaultError> {
-    let e = envelope(answer)?;
-    let data = e
-        .data
-        .ok_or_else(|| VaultError::Decode("the answer has no data".into()))?;
-    Ok(Secret {
-        data,
-        lease_id: e.lease_id,
-        lease_duration: e.lease_duration,
-        renewable: e.renewable,
-    })
+pub(super) fn secret(answer: Option<Envelope>) -> Result<Secret, VaultError> {
+    maybe_secret(answer)?.ok_or_else(|| VaultError::Decode("the answer has no data".into()))
 }
 
 /// The `data` and lease of an answer that may have neither (a write).
-pub(super) fn maybe_secret(answer: Option<Value>) -> Result<Option<Secret>, VaultError> {
-    if answer.is_none() {
-        return Ok(None);
-    }
-    let e = envelope(answer)?;
-    Ok(e.data.map(|data| Secret {
-        data,
-        lease_id: e.lease_id,
-        lease_duration: e.lease_duration,
-        renewable: e.renewable,
+pub(super) fn maybe_secret(answer: Option<Envelope>) -> Result<Option<Secret>, VaultError> {
+    Ok(answer.and_then(|e| {
+        e.data.map(|data| Secret {
+            data,
+            lease_id: e.lease_id,
+            lease_duration: e.lease_duration,
+            renewable: e.renewable,
+        })
     }))
 }
 
@@ -136,7 +122,7 @@ mod tests {
             "client_token": "s.abc", "accessor": "acc", "policies": ["default", "p"],
             "token_policies": ["default", "p"], "lease_duration": 1200, "renewable": true,
             "metadata": {"role": "r"}, "entity_id": "e", "token_type": "service", "orphan": true}});
-        let auth = auth(Some(answer)).unwrap();
+        let auth = auth(classify(200, answer.to_string().as_bytes()).unwrap()).unwrap();
         assert_eq!(auth.client_token.expose(), "s.abc");
         assert_eq!(auth.policies, ["default", "p"]);
         assert_eq!((auth.lease_duration, auth.renewable), (1200, true));
@@ -147,7 +133,7 @@ mod tests {
     fn a_read_keeps_the_lease() {
         let answer = json!({"lease_id": "aws/creds/r/abc", "lease_duration": 3600, "renewable": true,
             "data": {"access_key": "AKIA", "secret_key": "sk", "security_token": null}});
-        let secret = secret(Some(answer)).unwrap();
+        let secret = secret(classify(200, answer.to_string().as_bytes()).unwrap()).unwrap();
         assert_eq!(secret.lease_id, "aws/creds/r/abc");
         assert_eq!(secret.str("access_key"), Some("AKIA"));
         assert_eq!(secret.str("security_token"), None);
@@ -156,12 +142,14 @@ mod tests {
 
     #[test]
     fn errors_carry_vaults_text() {
-        let e = classify(400, br#"{"errors":["role \"x\" could not be found"]}"#).unwrap_err();
+        let e = classify(400, br#"{"errors":["role \"x\" could not be found"]}"#)
+            .err()
+            .unwrap();
         assert_eq!(
             e.to_string(),
             r#"vault answered 400: role "x" could not be found"#
         );
-        let e = classify(502, b"<html>bad gateway</html>").unwrap_err();
+        let e = classify(502, b"<html>bad gateway</html>").err().unwrap();
         assert_eq!(e.to_string(), "vault answered 502: no error text");
         assert!(classify(204, b"").unwrap().is_none());
     }
