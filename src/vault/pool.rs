@@ -2,6 +2,8 @@
 //! for the life of the service, so that every exchange with the same Vault reuses its
 //! connections and TLS sessions.
 //!
+//! At most `MAX_POOLS` are kept.
+//!
 //! TLS is rustls with the aws-lc-rs provider. An endpoint with a CA trusts exactly that CA; one
 //! without trusts the system's roots (read once). Redirects are not followed: Vault sends a
 //! redirect only from a standby, and following one would carry the token to a host nobody
@@ -18,6 +20,10 @@ use rustls::pki_types::pem::PemObject;
 use super::{Endpoint, Vault, VaultError};
 
 type PoolKey = (String, [u8; 32]);
+
+/// Pools kept at most. Addresses are bounded by `exchange.allowed_vault_addrs`, but a revocation
+/// body brings its own CA; past this many, a client is made for the call and not kept.
+const MAX_POOLS: usize = 64;
 
 /// The pools of the whole service. Cheap to share behind an `Arc`.
 #[derive(Default)]
@@ -50,7 +56,9 @@ impl VaultClients {
                 Some(client) => client.clone(),
                 None => {
                     let client = build(endpoint.ca_pem.as_deref())?;
-                    pools.insert(key, client.clone());
+                    if pools.len() < MAX_POOLS {
+                        pools.insert(key, client.clone());
+                    }
                     client
                 }
             }
