@@ -414,3 +414,36 @@ fn sigterm_answers_every_request_already_sent_and_resets_none() {
         "requests sent but not answered: {failures:?}"
     );
 }
+
+#[test]
+fn idle_http2_peers_do_not_hold_up_shutdown() {
+    let setup = Setup::new("");
+    let mut server = setup.serve(&[], &[]).ready();
+    // Connections that speak HTTP/2 (the preface and an empty SETTINGS frame), then go silent and
+    // never read: they ignore GOAWAY and never acknowledge a PING.
+    const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let peers: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let addr = if i % 2 == 0 {
+                setup.discovery
+            } else {
+                setup.api
+            };
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.write_all(H2_PREFACE).unwrap();
+            stream.write_all(EMPTY_SETTINGS).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", server.stderr());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "idle HTTP/2 peers held shutdown for {:?}",
+        start.elapsed()
+    );
+    drop(peers);
+}

@@ -121,11 +121,11 @@ async fn rotations(server: &TestServer) -> u64 {
     sample_sum(&metrics(server).await, "tfe_oidc_key_rotations_total ")
 }
 
-/// JWKS fetches the tests themselves made, per running service (its `AppState`).
+/// JWKS fetches the tests themselves made, per running service.
 static OWN_JWKS_FETCHES: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
 
 fn service_id(server: &TestServer) -> usize {
-    Arc::as_ptr(&server.running.state) as usize
+    server.id
 }
 
 /// How many times OpenBao fetched the JWKS from this running service: the requests the

@@ -103,6 +103,8 @@ pub struct ApiTokens {
 
 /// A service running in this process, on a fresh key directory, with its own ports.
 pub struct TestServer {
+    /// Unique among every service this test process started, restarts included.
+    pub id: usize,
     pub dir: TempDir,
     pub config: Config,
     pub running: Running,
@@ -130,6 +132,11 @@ pub struct Options {
     pub dir: Option<TempDir>,
     /// With `tls`: require client certificates from the test CA (`client_ca = <pki.ca>`).
     pub client_ca: bool,
+}
+
+fn next_server_id() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl TestServer {
@@ -162,6 +169,7 @@ impl TestServer {
             .await
             .unwrap_or_else(|e| panic!("service did not start: {e}"));
         TestServer {
+            id: next_server_id(),
             dir,
             config,
             running,
@@ -265,6 +273,7 @@ impl Stopped {
             .await
             .unwrap_or_else(|e| panic!("service did not restart: {e}"));
         TestServer {
+            id: next_server_id(),
             dir: self.dir,
             config: self.config,
             running,
