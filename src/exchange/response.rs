@@ -60,9 +60,9 @@ fn field<'s>(secret: &'s Secret, name: &str) -> Result<&'s str, VaultError> {
 fn aws(secret: &Secret) -> Result<Parts, VaultError> {
     let access = field(secret, "access_key")?;
     let key = field(secret, "secret_key")?;
-    let session = secret
-        .str("session_token")
-        .or_else(|| secret.str("security_token"));
+    // Vault 1.16+ sends both; older versions only security_token; iam_user null (or "").
+    let present = |name| secret.str(name).filter(|v| !v.is_empty());
+    let session = present("session_token").or_else(|| present("security_token"));
     let body = json!({
         "access_key_id": access, "secret_access_key": key, "session_token": session,
         "lease_id": secret.lease_id, "lease_duration": secret.lease_duration,
@@ -79,11 +79,15 @@ fn aws(secret: &Secret) -> Result<Parts, VaultError> {
 
 fn gcp_token(secret: &Secret) -> Result<Parts, VaultError> {
     let token = field(secret, "token")?;
-    let expires_at = secret
-        .data
-        .get("expires_at_seconds")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| VaultError::Decode("the answer's data has no expires_at_seconds".into()))?;
+    // A number from the GCP engine; a string when a stand-in was written with the CLI.
+    let expires_at = match secret.data.get("expires_at_seconds") {
+        Some(Value::String(text)) => text.parse::<u64>().ok(),
+        Some(value) => value.as_u64(),
+        None => None,
+    }
+    .ok_or_else(|| {
+        VaultError::Decode("the answer's data has no expires_at_seconds (unix seconds)".into())
+    })?;
     let body = json!({ "access_token": token, "expires_at": expires_at });
     Ok((body, vec![("GOOGLE_OAUTH_ACCESS_TOKEN", json!(token))]))
 }
@@ -227,6 +231,8 @@ mod tests {
         .unwrap();
         assert_eq!(body["session_token"], Value::Null);
         assert_eq!(env.len(), 2);
+        let data = json!({"access_key": "A", "secret_key": "S", "security_token": ""});
+        assert_eq!(aws(&secret(data)).unwrap().0["session_token"], Value::Null);
     }
 
     #[test]
@@ -245,6 +251,8 @@ mod tests {
             body,
             json!({"access_token": "ya29", "expires_at": 1764115230u64})
         );
+        let data = json!({"token": "t", "expires_at_seconds": "17"});
+        assert_eq!(gcp_token(&secret(data)).unwrap().0["expires_at"], 17);
     }
 
     #[test]
