@@ -150,7 +150,9 @@ impl Phase {
             // busy connection wakes its watchdog once per timeout, not per request.
             Phase::Open => activity
                 .idle_since(accepted)
-                .map_or(now + REQUEST_TIMEOUT, |idle| (idle + REQUEST_TIMEOUT).max(now)),
+                .map_or(now + REQUEST_TIMEOUT, |idle| {
+                    (idle + REQUEST_TIMEOUT).max(now)
+                }),
             Phase::Draining { .. } | Phase::Closing { .. } => now + TICK,
         }
     }
