@@ -630,7 +630,7 @@ async fn an_engine_read_the_policy_denies_is_a_502_naming_the_step() {
 }
 
 /// A role whose bound claims name another workspace: 502 naming `vault_login`, with Vault's
-/// own reason.
+/// own reason; the token of the other configuration, which did log in, is revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_claims_that_refuse_the_workspace_are_a_502_naming_vault_login() {
     let Some(f) = fixture(false).await else {
@@ -640,7 +640,15 @@ async fn bound_claims_that_refuse_the_workspace_are_a_502_naming_vault_login() {
     let (status, body) = exchange(
         &f.server,
         "plan",
-        &vault_vars(&addr, &[("TFC_VAULT_RUN_ROLE", "tfe-acme-other")]),
+        &vault_vars(
+            &addr,
+            &[
+                ("TFC_VAULT_RUN_ROLE", "tfe-acme-other"),
+                ("TFC_VAULT_PROVIDER_AUTH_OK", "true"),
+                ("TFC_VAULT_ADDR_OK", addr.as_str()),
+                ("TFC_VAULT_RUN_ROLE_OK", "tfe-acme-prod"),
+            ],
+        ),
     )
     .await;
     assert_eq!(status, 502, "{body}");
@@ -649,6 +657,14 @@ async fn bound_claims_that_refuse_the_workspace_are_a_502_naming_vault_login() {
         reasons::SUB_MISMATCH
     );
     assert_eq!(body["message"], expected.as_str());
+    let text = metrics(&f.server).await;
+    for line in [
+        "tfe_oidc_vault_requests_total{step=\"vault_login\",outcome=\"error\"} 1",
+        "tfe_oidc_vault_requests_total{step=\"vault_login\",outcome=\"ok\"} 1",
+        "tfe_oidc_vault_requests_total{step=\"revoke\",outcome=\"ok\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
 }
 
 /// A Vault that accepts the connection and never answers: 502 within `TFC_VAULT_CLIENT_TIMEOUT`.

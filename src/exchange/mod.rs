@@ -4,8 +4,9 @@
 //! - `lookup.rs`: TFE's variable forms and value rules; `variables.rs`: the typed plan.
 //! - this file: one exchange, in order: parse the variables (400), check every Vault address
 //!   against `exchange.allowed_vault_addrs` (403) and every audience against the token policy
-//!   (400) before any token is minted, then per Vault configuration mint its token and log in,
-//!   then read each backed engine with its configuration's Vault token. A failure after a login
+//!   (400) before any token is minted, then mint each Vault configuration's token and log in to
+//!   all of them at once, then read every backed engine at once, each with its configuration's
+//!   Vault token. A failure after a login
 //!   revokes the Vault tokens already obtained, so nothing is left behind.
 //! - `response.rs`: the response's shape; `revoke.rs`: revoking the tokens of a response.
 //!
@@ -19,6 +20,7 @@ pub mod variables;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use serde_json::Value;
 
 pub use lookup::{ConfigName, VariableError};
@@ -29,7 +31,7 @@ use crate::token::IssuedToken;
 use crate::token::claims::{Audience, RunPhase};
 use crate::vault::{Vault, VaultClients, VaultError};
 use response::{Login, Shaped};
-use variables::{BackedConfig, Plan, VaultConfig};
+use variables::{BackedConfig, Plan};
 
 /// Mints the identity token of one Vault login, for the run being exchanged. The API
 /// implements it with the issuer, the current signing key and the audit trail.
@@ -118,6 +120,9 @@ impl Exchanger {
         }
     }
 
+    /// Mints every configuration's token (in order, each audited), logs in to every Vault at
+    /// once, then reads every engine at once. Successful logins land in `logins` even when
+    /// another step fails, so that the caller can revoke them.
     async fn run(
         &self,
         plan: &Plan,
@@ -125,38 +130,46 @@ impl Exchanger {
         metrics: &Metrics,
         logins: &mut Vec<Login>,
     ) -> Result<Vec<Shaped>, ExchangeError> {
+        let mut pending = Vec::new();
         for config in &plan.vault {
-            logins.push(self.login(config, minter, metrics).await?);
+            let vault = self
+                .clients
+                .connect(&config.endpoint)
+                .map_err(|e| vault_error(STEP_LOGIN, &config.name, e))?;
+            pending.push((config, vault, minter.mint(&config.audience)?));
         }
-        let mut reads = Vec::new();
-        for backed in &plan.backed {
+        let answers = join_all(pending.iter().map(|(config, vault, issued)| {
+            vault.login_jwt(&config.auth_path, &config.role, &issued.token)
+        }))
+        .await;
+        let mut first_error = None;
+        for ((config, vault, _), answer) in pending.into_iter().zip(answers) {
+            count(metrics, STEP_LOGIN, &answer);
+            match answer {
+                Ok(auth) => logins.push(Login {
+                    config: config.clone(),
+                    vault,
+                    auth,
+                }),
+                Err(e) => {
+                    first_error.get_or_insert(vault_error(STEP_LOGIN, &config.name, e));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let logins = &*logins;
+        join_all(plan.backed.iter().map(|backed| {
             let login = logins
                 .iter()
                 .find(|l| l.config.name == backed.vault)
                 .expect("variables::parse checks that the Vault configuration exists");
-            reads.push(read(login, backed, metrics).await?);
-        }
-        Ok(reads)
-    }
-
-    async fn login(
-        &self,
-        config: &VaultConfig,
-        minter: &dyn Minter,
-        metrics: &Metrics,
-    ) -> Result<Login, ExchangeError> {
-        let failed = |source| vault_error(STEP_LOGIN, &config.name, source);
-        let vault = self.clients.connect(&config.endpoint).map_err(failed)?;
-        let issued = minter.mint(&config.audience)?;
-        let answer = vault
-            .login_jwt(&config.auth_path, &config.role, &issued.token)
-            .await;
-        count(metrics, STEP_LOGIN, &answer);
-        Ok(Login {
-            config: config.clone(),
-            auth: answer.map_err(failed)?,
-            vault,
-        })
+            read(login, backed, metrics)
+        }))
+        .await
+        .into_iter()
+        .collect()
     }
 
     /// A Vault client for `address`, after checking it against the allowlist.
