@@ -237,6 +237,14 @@ async fn post(server: &TestServer, path: &str, token: &str, body: &Value) -> (u1
         .await
         .unwrap();
     let status = response.status().as_u16();
+    if status == 200 && path == "/v1/credentials" {
+        let cache = response.headers().get("cache-control");
+        assert_eq!(
+            cache.and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "credentials must not be cached"
+        );
+    }
     (status, response.json().await.unwrap_or(Value::Null))
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderName, header};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,11 +29,18 @@ pub struct ExchangeBody {
     variables: BTreeMap<String, String>,
 }
 
+/// The answer holds credentials: no cache may keep it.
+type Uncached = ([(HeaderName, &'static str); 1], Json<Value>);
+
+fn uncached(body: Value) -> Uncached {
+    ([(header::CACHE_CONTROL, "no-store")], Json(body))
+}
+
 pub async fn exchange(
     State(state): State<Arc<ApiState>>,
     Authorized { caller, .. }: Authorized<Credentials>,
     StrictJson(body): StrictJson<ExchangeBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Uncached, ApiError> {
     let run = RunContext::parse(&body.run)
         .map_err(|e| ApiError::invalid(Some(&format!("run.{}", e.field)), e.message))?;
     let minter = ApiMinter {
@@ -53,7 +61,7 @@ pub async fn exchange(
             tracing::warn!(target: "audit", event = "credentials_refused", caller = %caller.name, run = %run.run_id, workspace = %run.workspace_name, error = %e, "credential exchange failed")
         }
     }
-    Ok(Json(result?))
+    Ok(uncached(result?))
 }
 
 pub async fn revoke_credentials(
