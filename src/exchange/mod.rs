@@ -6,8 +6,8 @@
 //!   against `exchange.allowed_vault_addrs` (403) and every audience against the token policy
 //!   (400) before any token is minted, then mint each Vault configuration's token and log in to
 //!   all of them at once, then read every backed engine at once, each with its configuration's
-//!   Vault token. A failure after a login
-//!   revokes the Vault tokens already obtained, so nothing is left behind.
+//!   Vault token. A failure after a login revokes the Vault tokens already obtained, so nothing
+//!   is left behind.
 //! - `response.rs`: the response's shape; `revoke.rs`: revoking the tokens of a response.
 //!
 //! It does not sign (the caller's `Minter` does, and audits) and does not speak HTTP.
@@ -42,7 +42,7 @@ pub trait Minter: Send + Sync {
     fn mint(&self, audience: &Audience) -> Result<IssuedToken, ExchangeError>;
 }
 
-/// What every exchange shares: the Vault pools, the metrics and the `[exchange]` settings.
+/// What every exchange shares: the Vault pools and the `[exchange]` settings.
 #[derive(Debug)]
 pub struct Exchanger {
     pub clients: VaultClients,
