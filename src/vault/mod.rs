@@ -6,7 +6,7 @@
 //! (`response.rs`) and the typed errors. It does not know which Vault a caller may reach, what a
 //! step of the credential exchange is, or what a metric is: the callers decide and count.
 //!
-//! # Dependencies: vaultrs
+//! ## Dependencies: vaultrs
 //!
 //! `vaultrs` 0.8.0, the maintained Vault client crate, was read and not used:
 //!
