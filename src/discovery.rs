@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::KeySet;
-use crate::token::claims::CLAIM_NAMES;
+use crate::token::kinds::CLAIM_NAMES;
 
 pub const CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/.well-known/jwks";

@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, ListenerConfig, Problem, StoreKind, raw};
+use crate::config::{
+    Config, ConfigError, Key, ListenerConfig, ListenerKey, Problem, Section, StoreKind,
+};
 use crate::discovery::{ProviderMetadata, Rendered};
 use crate::http::auth::{self, ApiTokens};
 use crate::http::{self, ApiState, DiscoveryState, Listener, Reloadable};
@@ -151,8 +153,7 @@ pub fn tokens_file(config: &Config) -> Result<Option<ApiTokens>, ConfigError> {
         .tokens_file
         .as_ref()
         .map(|path| {
-            ApiTokens::load(path)
-                .map_err(|e| ConfigError(vec![Problem::new("api.tokens_file", e.to_string())]))
+            ApiTokens::load(path).map_err(|m| ConfigError(vec![Problem::at(Key::TokensFile, m)]))
         })
         .transpose()
 }
@@ -194,13 +195,13 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let configured_tokens = tokens_file(config)?;
     let connection_budget = connection_budget();
     let discovery = bind(
-        "discovery",
+        Section::Discovery,
         &config.discovery,
         discovery_tls,
         connection_budget,
     )
     .await?;
-    let api = bind("api", &config.api, api_tls, connection_budget).await?;
+    let api = bind(Section::Api, &config.api, api_tls, connection_budget).await?;
     // Nothing has been created so far; from here on the service writes.
     let manager = {
         let (config, clock) = (config.clone(), Arc::clone(&clock));
@@ -304,17 +305,17 @@ fn connection_budget() -> usize {
 }
 
 async fn bind(
-    name: &'static str,
+    section: Section,
     config: &ListenerConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     connection_budget: usize,
 ) -> Result<Listener, StartError> {
-    let key = format!("{name}.listen");
+    let (name, key) = (section.name(), Key::Listener(section, ListenerKey::Listen));
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
-            env: raw::env_name(&key),
-            key,
+            key: key.path().to_owned(),
+            env: key.env().to_owned(),
             addr: config.listen,
             source,
         })?;

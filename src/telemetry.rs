@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::token::IssuedToken;
 use crate::token::claims::RunPhase;
+use crate::token::kinds::Kind;
 
 /// Starts logging to stderr: JSON lines when `json`, human-readable otherwise. The filter comes
 /// from `TFE_OIDC_LOG` (e.g. `debug`), `info` by default.
@@ -81,6 +82,8 @@ pub struct KeyGauges {
 pub struct Metrics {
     tokens_plan: AtomicU64,
     tokens_apply: AtomicU64,
+    /// Indexed by `Kind as usize`.
+    tokens_by_kind: [AtomicU64; 3],
     token_errors: Mutex<BTreeMap<&'static str, u64>>,
     discovery_refused: AtomicU64,
     http: Mutex<Http>,
@@ -116,12 +119,15 @@ impl Drop for OpenConnection {
 }
 
 impl Metrics {
-    pub fn token_issued(&self, phase: RunPhase) {
+    /// Counts a token by its phase (a module test is a plan, a Stacks operation is its phase)
+    /// and by its kind: both label sets stay bounded.
+    pub fn token_issued(&self, kind: Kind, phase: RunPhase) {
         let counter = match phase {
             RunPhase::Plan => &self.tokens_plan,
             RunPhase::Apply => &self.tokens_apply,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.tokens_by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn token_error(&self, reason: &'static str) {
@@ -183,7 +189,7 @@ impl Metrics {
             &mut out,
             "tfe_oidc_tokens_issued_total",
             "counter",
-            "Run identity tokens issued, by run phase.",
+            "Identity tokens issued, by phase (module tests: plan; Stacks: the operation).",
         );
         let _ = writeln!(
             out,
@@ -195,6 +201,20 @@ impl Metrics {
             "tfe_oidc_tokens_issued_total{{phase=\"apply\"}} {}",
             self.tokens_apply.load(Ordering::Relaxed)
         );
+        family(
+            &mut out,
+            "tfe_oidc_tokens_issued_by_kind_total",
+            "counter",
+            "Identity tokens issued, by kind: run, module_test or stack.",
+        );
+        for kind in Kind::ALL {
+            let count = self.tokens_by_kind[kind as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tfe_oidc_tokens_issued_by_kind_total{{kind=\"{}\"}} {count}",
+                kind.as_str()
+            );
+        }
         family(
             &mut out,
             "tfe_oidc_token_errors_total",
@@ -372,17 +392,18 @@ impl Audit {
     /// written is an error: the caller must then not hand the token out.
     pub fn token_issued(&self, issued: &IssuedToken, caller: &str) -> std::io::Result<()> {
         let c = &issued.claims;
+        let (iat, exp) = c.times();
         tracing::info!(
             target: "audit",
             event = "token_issued",
-            jti = %c.jti, sub = %c.sub, aud = %c.aud, kid = %issued.kid,
-            iat = c.iat, exp = c.exp, caller = %caller,
+            jti = %c.jti(), sub = %c.sub(), aud = %c.aud(), kid = %issued.kid,
+            iat, exp, caller = %caller,
             "token issued"
         );
         if let Some(file) = &self.file {
             let line = serde_json::json!({
-                "event": "token_issued", "jti": c.jti, "sub": c.sub, "aud": c.aud, "kid": issued.kid.as_str(),
-                "iat": c.iat, "exp": c.exp, "caller": caller,
+                "event": "token_issued", "jti": c.jti(), "sub": c.sub(), "aud": c.aud(), "kid": issued.kid.as_str(),
+                "iat": iat, "exp": exp, "caller": caller,
             });
             let mut text = line.to_string();
             text.push('\n');

@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -287,6 +288,118 @@ fn a_running_server_locks_the_key_store_but_readers_work_and_offline_rotation_fo
         24 * 3600 + 300
     );
     assert!(!setup.keys.join(format!("{current}.pem")).exists());
+}
+
+/// `token issue` reaches every kind: `--module` mints a module-test token, `--stack` a Stacks
+/// deployment token, with the same rules and field names as the API; flags of two kinds together
+/// are a usage error (64) from the command line parser, before anything is minted.
+#[test]
+fn token_issue_mints_module_test_and_stacks_tokens_and_refuses_mixed_kinds() {
+    let setup = Setup::new("");
+    let out = run(&mut setup.command(&["keys", "rotate", "--force"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let org = ["--org", "acme", "--org-id", "org-GRNbCjYNpBB6NEH9"];
+    let module = ["--module", "vpc", "--run-id", "trun-KFg8DSiRz4E37mdJ"];
+    let stack = [
+        "--project",
+        "Default Project",
+        "--project-id",
+        "prj-vegSA59s1XPwMr2t",
+        "--stack",
+        "network",
+        "--stack-id",
+        "st-Ab12Cd34Ef56Gh78",
+        "--deployment",
+        "production",
+        "--operation",
+        "apply",
+        "--plan-id",
+        "sp-Zx98Yw76Vu54Ts32",
+    ];
+    let issue = |flags: &[&[&str]]| {
+        let mut args = vec!["token", "issue"];
+        args.extend(org);
+        flags.iter().for_each(|f| args.extend_from_slice(f));
+        run(&mut setup.command(&args))
+    };
+    let claims_of = |out: &Output| -> Value {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let token = text(&out.stdout).trim().to_owned();
+        serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+    };
+
+    let c = claims_of(&issue(&[&module]));
+    assert_eq!(c["sub"], "organization:acme:module:vpc:operation:test_run");
+    assert_eq!(c["terraform_run_phase"], "plan");
+    assert_eq!(c["nbf"].as_u64().unwrap() + 30, c["iat"].as_u64().unwrap());
+    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 600);
+    assert!(c.get("terraform_workspace_id").is_none(), "{c}");
+    let c = claims_of(&issue(&[&module, &["--ttl", "30m"]]));
+    assert_eq!(
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+        1800
+    );
+
+    let c = claims_of(&issue(&[&stack]));
+    assert_eq!(
+        c["sub"],
+        "organization:acme:project:Default Project:stack:network:deployment:production:operation:apply"
+    );
+    assert_eq!(c["terraform_plan_id"], "sp-Zx98Yw76Vu54Ts32");
+
+    // The library's rules, with the API's field names.
+    let bad_stack: Vec<&str> = stack
+        .iter()
+        .map(|a| if *a == "production" { "prod*" } else { a })
+        .collect();
+    let refusals: [(&[&[&str]], &str); 5] = [
+        (&[&module, &["--ttl", "31m"]], "ttl"),
+        (&[&module, &["--phase", "apply"]], "run.phase"),
+        (
+            &[&["--module", "vpc:x", "--run-id", "trun-a"]],
+            "module.name",
+        ),
+        (&[&["--module", "vpc", "--run-id", "run-a"]], "run.id"),
+        (&[&bad_stack], "deployment.name"),
+    ];
+    for (flags, field) in refusals {
+        let out = issue(flags);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{field}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+        assert!(text(&out.stderr).contains(field), "{}", text(&out.stderr));
+    }
+    // Two kinds at once: clap refuses, naming both flags.
+    let run_flags: &[&str] = &common::RUN_FLAGS[4..];
+    let mixed: [(&[&[&str]], &str); 4] = [
+        (
+            &[&module, &["--workspace", "prod", "--workspace-id", "ws-a"]],
+            "--workspace",
+        ),
+        (&[&module, &["--stack", "network"]], "--stack"),
+        (&[&stack, &["--module", "vpc"]], "--module"),
+        (
+            &[
+                run_flags,
+                &["--phase", "plan", "--deployment", "production"],
+            ],
+            "--deployment",
+        ),
+    ];
+    for (flags, flag) in mixed {
+        let out = issue(flags);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {stderr}");
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr.contains(flag) && stderr.contains("cannot be used with"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

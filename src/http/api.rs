@@ -20,7 +20,7 @@ use super::{ApiState, Tracked};
 use crate::keys::{Kid, Listing, listing};
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
-use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::kinds::TokenInput;
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let tracked = Tracked {
@@ -49,18 +49,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(tracked)
 }
 
-/// The body of `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    organization: NamedInput,
-    project: NamedInput,
-    workspace: NamedInput,
-    run: RunIdInput,
-    audience: Option<String>,
-    ttl: Option<String>,
-}
-
 /// The answer of `POST /v1/tokens`. Not `Debug`: it holds a token.
 #[derive(Serialize)]
 struct TokenResponse {
@@ -74,19 +62,9 @@ struct TokenResponse {
 async fn issue_token(
     State(state): State<Arc<ApiState>>,
     Authorized { caller, .. }: Authorized<Tokens>,
-    StrictJson(body): StrictJson<TokenBody>,
+    StrictJson(body): StrictJson<TokenInput>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let run = RunContext::parse(&RunInput {
-        organization: body.organization,
-        project: body.project,
-        workspace: body.workspace,
-        run: body.run,
-    })?;
-    let request = TokenRequest {
-        run,
-        audience: body.audience,
-        ttl: body.ttl,
-    };
+    let request = TokenRequest::parse(body)?;
     let checked = state.issuer.check(&request)?;
     let snapshot = state.manager.snapshot();
     let signer = snapshot.signer.as_ref().ok_or_else(|| {
@@ -96,19 +74,20 @@ async fn issue_token(
     })?;
     let issued = state
         .issuer
-        .issue_checked(&request.run, checked, signer, state.manager.now());
+        .issue_checked(&request.subject, checked, signer, state.manager.now());
     state.audit.token_issued(&issued, &caller.name).map_err(|e| {
-        tracing::error!(error = %e, jti = %issued.claims.jti, "audit.path cannot be written: the token was not handed out");
+        tracing::error!(error = %e, jti = %issued.claims.jti(), "audit.path cannot be written: the token was not handed out");
         ApiError::Unavailable(
             "the audit log cannot be written, so no token is handed out; see the server log".into(),
         )
     })?;
-    state.metrics.token_issued(request.run.phase);
-    let c = &issued.claims;
+    let subject = &request.subject;
+    state.metrics.token_issued(subject.kind(), subject.phase());
+    let (issued_at, expires_at) = issued.claims.times();
     Ok(Json(TokenResponse {
-        jti: c.jti.clone(),
-        issued_at: c.iat,
-        expires_at: c.exp,
+        jti: issued.claims.jti().to_owned(),
+        issued_at,
+        expires_at,
         kid: issued.kid,
         token: issued.token,
     }))
@@ -223,7 +202,7 @@ mod tests {
     use super::*;
 
     fn field_of(json: &str) -> Option<String> {
-        match parse_object::<TokenBody>(json.as_bytes()) {
+        match parse_object::<TokenInput>(json.as_bytes()) {
             Err(ApiError::InvalidRequest { field, .. }) => field,
             other => panic!("expected a 400, got {:?}", other.err()),
         }
@@ -248,7 +227,7 @@ mod tests {
     #[test]
     fn only_one_object_is_a_body() {
         const VALID: &str = r#"{"organization":{"id":"org-a","name":"a"},"project":{"id":"prj-a","name":"p"},"workspace":{"id":"ws-a","name":"w"},"run":{"id":"run-a","phase":"plan"}}"#;
-        assert!(parse_object::<TokenBody>(VALID.as_bytes()).is_ok());
+        assert!(parse_object::<TokenInput>(VALID.as_bytes()).is_ok());
         for bad in [
             format!("{VALID} xyz"),
             format!("{VALID}{VALID}"),

@@ -19,6 +19,7 @@ use super::error::ApiError;
 use super::extract::{Authorized, Credentials, StrictJson};
 use crate::exchange::{ExchangeError, Minter, RevokeRequest, revoke};
 use crate::token::claims::{Audience, RunContext, RunInput};
+use crate::token::kinds::Subject;
 use crate::token::{IssuedToken, TokenRequest};
 
 /// The body of `POST /v1/credentials`.
@@ -91,7 +92,7 @@ struct ApiMinter<'a> {
 impl ApiMinter<'_> {
     fn request(&self, audience: &Audience) -> TokenRequest {
         TokenRequest {
-            run: self.run.clone(),
+            subject: Subject::Run(self.run.clone()),
             audience: Some(audience.as_str().to_owned()),
             ttl: None,
         }
@@ -118,20 +119,23 @@ impl Minter for ApiMinter<'_> {
             )
         })?;
         let issued = self.state.issuer.issue_checked(
-            &request.run,
+            &request.subject,
             checked,
             signer,
             self.state.manager.now(),
         );
         // As for /v1/tokens: a token the audit cannot record is not used.
         self.state.audit.token_issued(&issued, self.caller).map_err(|e| {
-            tracing::error!(error = %e, jti = %issued.claims.jti, "audit.path cannot be written: the token was not used");
+            tracing::error!(error = %e, jti = %issued.claims.jti(), "audit.path cannot be written: the token was not used");
             ExchangeError::Unavailable(
                 "the audit log cannot be written, so no token is minted; see the server log"
                     .into(),
             )
         })?;
-        self.state.metrics.token_issued(request.run.phase);
+        let subject = &request.subject;
+        self.state
+            .metrics
+            .token_issued(subject.kind(), subject.phase());
         Ok(issued)
     }
 }

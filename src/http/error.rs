@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::exchange::ExchangeError;
 use crate::keys::manager::ManagerError;
 use crate::token::claims::FieldError;
+use crate::token::kinds::InputError;
+use crate::token::stack::StackError;
 
 /// An error answered by the API listener.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,17 @@ impl From<FieldError> for ApiError {
         ApiError::InvalidRequest {
             message: e.message,
             field: Some(e.field),
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> ApiError {
+        match e {
+            InputError::Field(e) | InputError::Stack(StackError::Field(e)) => e.into(),
+            InputError::Stack(e @ StackError::SubjectTooLong(_)) => {
+                ApiError::invalid(None, e.to_string())
+            }
         }
     }
 }

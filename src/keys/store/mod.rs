@@ -27,6 +27,7 @@ pub use dir::{Access, KeyDir, is_kid_pem, is_own_temp};
 use pem::{pem_decode, pem_encode};
 
 use super::{KeySet, Kid, SigningKey};
+use crate::config::RsaBits;
 
 const MANIFEST: &str = "keys.json";
 const LOCK: &str = ".lock";
@@ -124,7 +125,7 @@ struct Manifest {
 #[derive(Debug)]
 pub struct FileStore {
     dir: KeyDir,
-    bits: usize,
+    bits: RsaBits,
     _lock: std::fs::File,
 }
 
@@ -132,7 +133,7 @@ impl FileStore {
     /// Opens (creating with mode 0700 if needed) `dir` for writing, taking its lock, and finishes
     /// any change a crash interrupted. `dir` is resolved this once; a directory, manifest, key or
     /// lock file another user could change is refused (`StoreError::Insecure`).
-    pub fn open(dir: &Path, bits: usize) -> Result<FileStore, StoreError> {
+    pub fn open(dir: &Path, bits: RsaBits) -> Result<FileStore, StoreError> {
         let dir = KeyDir::create(dir)?;
         let lock = dir.lock(LOCK)?;
         let store = FileStore {
@@ -192,18 +193,21 @@ impl FileStore {
     }
 }
 
+fn key_size(bits: RsaBits) -> KeySize {
+    match bits {
+        RsaBits::Rsa2048 => KeySize::Rsa2048,
+        RsaBits::Rsa3072 => KeySize::Rsa3072,
+        RsaBits::Rsa4096 => KeySize::Rsa4096,
+    }
+}
+
 impl KeyStore for FileStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         read_loaded(&self.dir)
     }
 
     fn create(&mut self) -> Result<Arc<SigningKey>, StoreError> {
-        let size = match self.bits {
-            3072 => KeySize::Rsa3072,
-            4096 => KeySize::Rsa4096,
-            _ => KeySize::Rsa2048,
-        };
-        let pair = KeyPair::generate(size).map_err(|_| StoreError::KeyGen)?;
+        let pair = KeyPair::generate(key_size(self.bits)).map_err(|_| StoreError::KeyGen)?;
         let pem = pkcs8_pem(&pair)?;
         let key = SigningKey::new(pair);
         self.dir.write_atomic(&pem_name(key.kid()), &pem)?;
@@ -355,8 +359,8 @@ mod tests {
     #[test]
     fn second_writer_is_refused_while_the_first_holds_the_lock() {
         let (_parent, dir) = keys_dir();
-        let _first = FileStore::open(&dir, 2048).unwrap();
-        let second = FileStore::open(&dir, 2048).unwrap_err();
+        let _first = FileStore::open(&dir, RsaBits::default()).unwrap();
+        let second = FileStore::open(&dir, RsaBits::default()).unwrap_err();
         assert!(matches!(second, StoreError::Locked { .. }), "{second}");
     }
 
@@ -364,11 +368,11 @@ mod tests {
     fn a_created_key_not_committed_is_removed_on_open() {
         let (_parent, dir) = keys_dir();
         let kid = {
-            let mut store = FileStore::open(&dir, 2048).unwrap();
+            let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
             store.create().unwrap().kid().clone()
         };
         assert!(dir.join(pem_name(&kid)).exists());
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         assert!(!dir.join(pem_name(&kid)).exists());
         assert!(store.load().unwrap().set.keys.is_empty());
     }
@@ -377,7 +381,7 @@ mod tests {
     fn committed_keys_round_trip_with_private_files_mode_0600() {
         use std::os::unix::fs::PermissionsExt;
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         let set = two_keys(&mut store);
         let loaded = read_unlocked(&dir).unwrap();
         assert_eq!(loaded.set, set);
@@ -394,7 +398,7 @@ mod tests {
     #[test]
     fn restore_rewrites_a_missing_key_file_and_manifest_from_memory() {
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         two_keys(&mut store);
         let committed = store.load().unwrap();
         assert!(store.restore(&committed).unwrap().is_empty());
@@ -414,7 +418,7 @@ mod tests {
     fn restore_reports_a_directory_opened_to_others_without_changing_it() {
         use std::os::unix::fs::PermissionsExt;
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         let committed = store.load().unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let err = store.restore(&committed).unwrap_err();
@@ -426,7 +430,7 @@ mod tests {
     #[test]
     fn restore_over_a_directory_fails_naming_the_key_file() {
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         two_keys(&mut store);
         let committed = store.load().unwrap();
         let pem = dir.join(pem_name(&committed.set.keys[1].kid));

@@ -14,8 +14,13 @@ use crate::keys::manager::{KeyManager, ManagerError};
 use crate::keys::store::{StoreError, read_unlocked};
 use crate::keys::{KeySet, SystemClock, listing};
 use crate::service::{self, StartError};
-use crate::token::claims::{FieldError, NamedInput, RunContext, RunIdInput, RunInput};
-use crate::token::{TokenIssuer, TokenRequest};
+use crate::token::claims::FieldError;
+use crate::token::kinds::InputError;
+use crate::validate::command::ValidateError;
+
+mod issue;
+
+pub use issue::IssueArgs;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
@@ -73,6 +78,8 @@ pub enum Command {
     /// Manage API bearer tokens.
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
+    /// Check discovery, keys and (optionally) a token from where Vault runs.
+    Validate(ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,36 +103,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint one run identity token and print it.
+    /// Mint one identity token (workspace run, module test or Stacks deployment) and print it.
     Issue(IssueArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct IssueArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    #[arg(long)]
-    pub org: String,
-    #[arg(long)]
-    pub org_id: String,
-    #[arg(long)]
-    pub project: String,
-    #[arg(long)]
-    pub project_id: String,
-    #[arg(long)]
-    pub workspace: String,
-    #[arg(long)]
-    pub workspace_id: String,
-    #[arg(long)]
-    pub run_id: String,
-    /// plan or apply
-    #[arg(long)]
-    pub phase: String,
-    #[arg(long)]
-    pub audience: Option<String>,
-    /// Lifetime such as 20m or 2h (default tokens.default_ttl).
-    #[arg(long)]
-    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +120,28 @@ pub enum ApiTokenCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The issuer URL exactly as Vault is given it (oidc_discovery_url and bound_issuer).
+    #[arg(long)]
+    pub issuer: String,
+    /// PEM CA certificate(s) for the discovery listener, as Vault's oidc_discovery_ca_pem
+    /// (default: this host's trust store).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A run identity token to check: a file, or - for stdin. It is never printed.
+    #[arg(long, conflicts_with = "expect_unreachable")]
+    pub token: Option<String>,
+    /// The audience Vault's role expects (default vault.workload.identity).
+    #[arg(long, requires = "token")]
+    pub audience: Option<String>,
+    /// Pass only when the discovery listener cannot be reached from here.
+    #[arg(long)]
+    pub expect_unreachable: bool,
+    #[arg(long, default_value = "text")]
+    pub format: OutputFormat,
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init_logging(cli.log_format == LogFormat::Json);
@@ -150,9 +151,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::List { config, format }) => keys_list(config, format),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
         Command::Token(command) => match *command {
-            TokenCommand::Issue(args) => token_issue(args),
+            TokenCommand::Issue(args) => issue::token_issue(args),
         },
         Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
+        Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,14 +172,14 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn usage(message: impl ToString) -> Failure {
+    pub(super) fn usage(message: impl ToString) -> Failure {
         Failure {
             code: EXIT_USAGE,
             message: message.to_string(),
         }
     }
 
-    fn failed(message: impl ToString) -> Failure {
+    pub(super) fn failed(message: impl ToString) -> Failure {
         Failure {
             code: EXIT_FAILURE,
             message: message.to_string(),
@@ -207,6 +209,12 @@ impl From<ConfigError> for Failure {
     }
 }
 
+impl From<InputError> for Failure {
+    fn from(e: InputError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
 impl From<FieldError> for Failure {
     fn from(e: FieldError) -> Failure {
         Failure::usage(e)
@@ -225,7 +233,16 @@ impl From<ManagerError> for Failure {
     }
 }
 
-fn load(arg: &ConfigArg) -> Result<Config, Failure> {
+impl From<ValidateError> for Failure {
+    fn from(e: ValidateError) -> Failure {
+        match e {
+            ValidateError::CaFile { .. } | ValidateError::Token { .. } => Failure::usage(e),
+            ValidateError::Runtime(_) | ValidateError::ChecksFailed { .. } => Failure::failed(e),
+        }
+    }
+}
+
+pub(super) fn load(arg: &ConfigArg) -> Result<Config, Failure> {
     Ok(Config::load(arg.config.as_deref())?)
 }
 
@@ -309,62 +326,6 @@ fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
     let set = manager.rotate(force)?;
     print!("{}", key_table(&set));
-    Ok(())
-}
-
-fn token_issue(args: IssueArgs) -> Result<(), Failure> {
-    let config = load(&args.config)?;
-    let input = RunInput {
-        organization: NamedInput {
-            id: args.org_id,
-            name: args.org,
-        },
-        project: NamedInput {
-            id: args.project_id,
-            name: args.project,
-        },
-        workspace: NamedInput {
-            id: args.workspace_id,
-            name: args.workspace,
-        },
-        run: RunIdInput {
-            id: args.run_id,
-            phase: args.phase,
-        },
-    };
-    let run = RunContext::parse(&input)?;
-    let request = TokenRequest {
-        run,
-        audience: args.audience,
-        ttl: args.ttl,
-    };
-    let loaded = read_unlocked(&config.keys.dir)?;
-    let current = loaded.set.current();
-    // Never outlive what the key's retirement will cover: the server's max_ttl recorded on it.
-    let mut policy = config.tokens.clone();
-    if let Some(recorded) = current.and_then(|c| c.max_token_ttl) {
-        policy.max_ttl = policy.max_ttl.min(std::time::Duration::from_secs(recorded));
-    }
-    let issuer = TokenIssuer::new(config.issuer.clone(), policy);
-    let checked = issuer.check(&request)?;
-    let signer = current
-        .and_then(|c| loaded.signers.get(&c.kid))
-        .ok_or_else(|| {
-            Failure::failed(format!(
-                "the key store {} has no current key: start `tfe-oidc serve` once to create it",
-                config.keys.dir.display()
-            ))
-        })?;
-    let now = crate::keys::Clock::now(&SystemClock);
-    let issued = issuer.issue_checked(&request.run, checked, signer, now);
-    crate::telemetry::Audit::open(config.audit_path.as_deref())
-        .and_then(|audit| audit.token_issued(&issued, "cli"))
-        .map_err(|e| {
-            Failure::failed(format!(
-                "audit.path: {e}: the token was not handed out, as no audit line records it"
-            ))
-        })?;
-    println!("{}", issued.token);
     Ok(())
 }
 
