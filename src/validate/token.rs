@@ -220,14 +220,13 @@ type SubjectOf = fn(&Value) -> Result<(String, String), String>;
 /// The token's `sub` when the claims are exactly those of one of TFE's token kinds, consistent,
 /// for `issuer`. The kind is told by the claim that only it carries.
 fn claims_problem(claims: &Map<String, Value>, issuer: &str) -> Result<String, String> {
-    let (names, expected_sub): (&[&str], SubjectOf) =
-        if claims.contains_key("terraform_stack_id") {
-            (STACK_CLAIMS, stack_subject)
-        } else if claims.contains_key("terraform_workspace_id") {
-            (RUN_CLAIMS, run_subject)
-        } else {
-            (MODULE_TEST_CLAIMS, module_test_subject)
-        };
+    let (names, expected_sub): (&[&str], SubjectOf) = if claims.contains_key("terraform_stack_id") {
+        (STACK_CLAIMS, stack_subject)
+    } else if claims.contains_key("terraform_workspace_id") {
+        (RUN_CLAIMS, run_subject)
+    } else {
+        (MODULE_TEST_CLAIMS, module_test_subject)
+    };
     let present: Vec<&str> = claims.keys().map(String::as_str).collect();
     let missing: Vec<&&str> = names.iter().filter(|n| !present.contains(n)).collect();
     let extra: Vec<&&str> = present.iter().filter(|n| !names.contains(n)).collect();
