@@ -11,15 +11,19 @@
 //! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (docs/reference.md §3, §4).
 //! - [`telemetry`]: logging, Prometheus metrics and the audit trail (docs/reference.md §8).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
+//! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
+//! - [`vault`]: the one Vault client: connection pools per address and CA, typed calls and errors.
 //! - [`validate`]: the network validator, run where Vault runs; never touches the key store.
 //! - [`cli`]: the commands of docs/reference.md §1 and their exit statuses.
 
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod exchange;
 pub mod http;
 pub mod keys;
 pub mod service;
 pub mod telemetry;
 pub mod token;
 pub mod validate;
+pub mod vault;

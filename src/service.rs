@@ -263,6 +263,10 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         api_tokens: Arc::clone(&api_tokens),
         audit,
         metrics: Arc::clone(&metrics),
+        exchanger: crate::exchange::Exchanger::new(
+            config.exchange.allowed_vault_addrs.clone(),
+            config.exchange.vault_timeout,
+        ),
         max_body: config.max_body,
     });
     let (discovery_addr, api_addr) = (local_addr(&discovery), local_addr(&api));

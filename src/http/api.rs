@@ -32,6 +32,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         axum::middleware::map_response_with_state(Arc::clone(&state), count_token_errors);
     Router::new()
         .route("/v1/tokens", post(issue_token).layer(count_errors))
+        .route("/v1/credentials", post(super::credentials::exchange))
+        .route(
+            "/v1/credentials/revoke",
+            post(super::credentials::revoke_credentials),
+        )
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/keys/{kid}/revoke", post(revoke_key))

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::exchange::ExchangeError;
 use crate::keys::manager::ManagerError;
 use crate::token::claims::FieldError;
 use crate::token::kinds::InputError;
@@ -40,6 +41,9 @@ pub enum ApiError {
     /// The body is not JSON (415).
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// A Vault call failed (502): the step, the configuration and Vault's own error text.
+    #[error("{0}")]
+    Upstream(String),
     /// The body did not arrive within the request timeout (408); the connection is closed.
     #[error("the request body did not arrive within 10s: send the whole body at once")]
     RequestTimeout,
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -113,6 +118,24 @@ impl From<ManagerError> for ApiError {
                 "no key with kid {kid} is in the key set; GET /v1/keys lists them"
             )),
             ManagerError::Store(e) => ApiError::Internal(format!("key store: {e}")),
+        }
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> ApiError {
+        match e {
+            ExchangeError::Variable(v) => ApiError::InvalidRequest {
+                field: Some(format!("variables.{}", v.variable)),
+                message: v.to_string(),
+            },
+            ExchangeError::Body { field, message } => ApiError::InvalidRequest {
+                message: format!("{field}: {message}"),
+                field: Some(field),
+            },
+            e @ ExchangeError::NotAllowed { .. } => ApiError::Forbidden(e.to_string()),
+            e @ ExchangeError::Vault { .. } => ApiError::Upstream(e.to_string()),
+            ExchangeError::Unavailable(message) => ApiError::Unavailable(message),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The two HTTP listeners: the state they share, the accept loop and graceful shutdown.
 //!
 //! - `internal.rs`: the discovery listener's routes (docs/reference.md §3).
-//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens.
+//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens;
+//!   `credentials.rs` the credential exchange's routes; `extract.rs` the caller and body extractors.
 //! - `error.rs`: the one API error → status mapping. `tls.rs`: rustls configuration.
 //!
 //! `serve` owns a listening socket: it refuses peers outside the allow list before any byte is
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod credentials;
 pub mod error;
 pub mod extract;
 pub mod internal;
@@ -58,6 +60,8 @@ pub struct ApiState {
     pub api_tokens: Reloadable<ApiTokens>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
+    /// The credential exchange: Vault pools and the `[exchange]` settings.
+    pub exchanger: crate::exchange::Exchanger,
     pub max_body: usize,
 }
 
