@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tfe_oidc::config::TokenPolicy;
+use tfe_oidc::config::{Issuer, TokenPolicy};
 use tfe_oidc::keys::SigningKey;
-use tfe_oidc::token::claims::{Audience, Claims, NamedInput, RunContext, RunIdInput, RunInput};
+use tfe_oidc::token::claims::{Audience, NamedInput, RunContext, RunIdInput, RunInput};
+use tfe_oidc::token::kinds::TokenClaims;
 use tfe_oidc::token::{TokenIssuer, TokenRequest};
 
 fn main() {
@@ -55,7 +56,7 @@ fn main() {
     let pkcs1 = Arc::new(pkcs1_of_pkcs8(pkcs8.as_ref()).to_vec());
     let key = Arc::new(SigningKey::new(pair));
     let issuer = Arc::new(TokenIssuer::new(
-        "https://tfe.example.com".into(),
+        Issuer::parse("https://tfe.example.com").unwrap(),
         TokenPolicy {
             default_audience: Audience::parse("vault.workload.identity").unwrap(),
             audiences: vec!["vault.workload.identity".into()],
@@ -64,14 +65,15 @@ fn main() {
         },
     ));
     let request = Arc::new(request());
-    let claims: Arc<Claims> = Arc::new(issuer.issue(&request, &key, 1_764_115_200).unwrap().claims);
+    let claims: Arc<TokenClaims> =
+        Arc::new(issuer.issue(&request, &key, 1_764_115_200).unwrap().claims);
     let jwt_key = Arc::new(EncodingKey::from_rsa_der(&pkcs1));
     let jwt_header = Arc::new(Header {
         kid: Some(key.kid().to_string()),
         ..Header::new(Algorithm::RS256)
     });
     if !measure {
-        let ours = tfe_oidc::token::sign(&key, &claims);
+        let ours = tfe_oidc::token::sign(&key, &*claims);
         let theirs = jsonwebtoken::encode(&jwt_header, &*claims, &jwt_key).expect("jsonwebtoken");
         let payload = |token: &str| token.split('.').nth(1).map(str::to_owned);
         assert_eq!(
@@ -101,7 +103,7 @@ fn main() {
     let jws = |n: usize| {
         let (key, claims) = (Arc::clone(&key), Arc::clone(&claims));
         rate(n, duration, move || {
-            std::hint::black_box(tfe_oidc::token::sign(&key, &claims));
+            std::hint::black_box(tfe_oidc::token::sign(&key, &*claims));
         })
     };
     let jsonwebtoken = |n: usize| {
@@ -198,7 +200,7 @@ fn request() -> TokenRequest {
     })
     .expect("a valid run");
     TokenRequest {
-        run,
+        subject: run.into(),
         audience: None,
         ttl: None,
     }

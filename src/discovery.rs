@@ -1,4 +1,4 @@
-//! The two discovery documents (SPEC §5), rendered once per key set.
+//! The two discovery documents (docs/reference.md §3), rendered once per key set.
 //!
 //! `Documents::render` turns the issuer and a key set into the bytes and strong ETags the
 //! discovery listener serves; handlers never serialize. The document types are public so that
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::KeySet;
-use crate::token::claims::CLAIM_NAMES;
+use crate::token::kinds::CLAIM_NAMES;
 
 pub const CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/.well-known/jwks";

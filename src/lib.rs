@@ -2,21 +2,28 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, `TFE_OIDC_*` overrides and every validation rule (SPEC §3).
+//! - [`config`]: the TOML file, `TFE_OIDC_*` overrides and every validation rule (docs/reference.md §2).
 //! - [`keys`]: signing keys, their lifecycle, the crash-safe key store and the single writer
-//!   that rotates and publishes them (SPEC §4).
-//! - [`token`]: run identity inputs, TFE's claim set and RS256 signing (SPEC §6).
-//! - [`discovery`]: the OpenID configuration and JWKS documents, rendered once per key set (SPEC §5).
-//! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (SPEC §5, §7).
-//! - [`telemetry`]: logging, Prometheus metrics and the audit trail (SPEC §9).
+//!   that rotates and publishes them (docs/reference.md §7).
+//! - [`token`]: the token kinds TFE signs (workspace runs, module tests, Stacks deployments),
+//!   their input rules and claim sets, and RS256 signing.
+//! - [`discovery`]: the OpenID configuration and JWKS documents, rendered once per key set (docs/reference.md §3).
+//! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (docs/reference.md §3, §4).
+//! - [`telemetry`]: logging, Prometheus metrics and the audit trail (docs/reference.md §8).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
-//! - [`cli`]: the commands of SPEC §2 and their exit statuses.
+//! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
+//! - [`vault`]: the one Vault client: connection pools per address and CA, typed calls and errors.
+//! - [`validate`]: the network validator, run where Vault runs; never touches the key store.
+//! - [`cli`]: the commands of docs/reference.md §1 and their exit statuses.
 
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod exchange;
 pub mod http;
 pub mod keys;
 pub mod service;
 pub mod telemetry;
 pub mod token;
+pub mod validate;
+pub mod vault;

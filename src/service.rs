@@ -3,8 +3,8 @@
 //!
 //! Start-up order is fail-closed and leaves nothing behind on failure: every file the
 //! configuration names is loaded and checked, then both listeners are bound, and only then is
-//! anything created (the key store and its keys, the development API token, the audit file). A
-//! busy port therefore leaves no key behind.
+//! anything created (the audit file, then the key store and its keys, then the development API
+//! token). A busy port or an audit path that cannot be opened therefore leaves no key behind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError, ListenerConfig, Problem, StoreKind, raw};
+use crate::config::{
+    Config, ConfigError, Key, ListenerConfig, ListenerKey, Problem, Section, StoreKind,
+};
 use crate::discovery::{ProviderMetadata, Rendered};
 use crate::http::auth::{self, ApiTokens};
 use crate::http::{self, ApiState, DiscoveryState, Listener, Reloadable};
@@ -57,8 +59,9 @@ pub enum StartError {
 }
 
 /// The files a SIGHUP reloads, and where the running service reads them.
-struct Reload {
+pub struct Reloader {
     config: Config,
+    state: Arc<ApiState>,
     api_tokens: Reloadable<ApiTokens>,
     discovery_tls: Option<Reloadable<rustls::ServerConfig>>,
     api_tls: Option<Reloadable<rustls::ServerConfig>>,
@@ -69,7 +72,7 @@ pub struct Running {
     pub discovery_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub state: Arc<ApiState>,
-    reload: Reload,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -83,10 +86,23 @@ impl Running {
         }
     }
 
-    /// Reloads the API tokens file, the TLS certificates and keys and the client CAs. A file that
-    /// fails to load is logged and the one in use is kept; returns whether everything reloaded.
+    /// What SIGHUP reloads, to run off the signal loop.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
+    }
+
+    /// See [`Reloader::reload`].
     pub fn reload(&self) -> bool {
-        let r = &self.reload;
+        self.reloader.reload()
+    }
+}
+
+impl Reloader {
+    /// Reloads the API tokens file, the TLS certificates and keys and the client CAs, and reopens
+    /// the audit file (after logrotate). A file that fails to load is logged and the one in use is
+    /// kept; returns whether everything reloaded. It reads files: call it off the async runtime.
+    pub fn reload(&self) -> bool {
+        let r = self;
         let mut ok = true;
         if let Some(path) = &r.config.tokens_file {
             match ApiTokens::load(path) {
@@ -99,6 +115,10 @@ impl Running {
                     tracing::error!(error = %e, "api.tokens_file not reloaded: keeping the tokens in use");
                 }
             }
+        }
+        if let Err(e) = r.state.audit.reopen() {
+            ok = false;
+            tracing::error!(error = %e, "audit.path not reopened: keeping the file in use");
         }
         for (section, listener, live) in [
             ("discovery", &r.config.discovery, &r.discovery_tls),
@@ -151,7 +171,7 @@ pub fn tokens_file(config: &Config) -> Result<Option<ApiTokens>, ConfigError> {
         .tokens_file
         .as_ref()
         .map(|path| {
-            ApiTokens::load(path).map_err(|m| ConfigError(vec![Problem::new("api.tokens_file", m)]))
+            ApiTokens::load(path).map_err(|m| ConfigError(vec![Problem::at(Key::TokensFile, m)]))
         })
         .transpose()
 }
@@ -192,15 +212,26 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let [discovery_tls, api_tls] = tls_configs(config)?;
     let configured_tokens = tokens_file(config)?;
     let connection_budget = connection_budget();
+    warn_over_budget(config, connection_budget);
     let discovery = bind(
-        "discovery",
+        Section::Discovery,
         &config.discovery,
         discovery_tls,
         connection_budget,
     )
     .await?;
-    let api = bind("api", &config.api, api_tls, connection_budget).await?;
-    // Nothing has been created so far; from here on the service writes.
+    let api = bind(Section::Api, &config.api, api_tls, connection_budget).await?;
+    // Nothing has been created so far. The audit file is the one thing created before the keys:
+    // a path that cannot be opened must not leave a new key store behind.
+    let audit = Audit::open(config.audit_path.as_deref()).map_err(|source| StartError::Audit {
+        path: config
+            .audit_path
+            .as_deref()
+            .unwrap_or_else(|| std::path::Path::new(""))
+            .display()
+            .to_string(),
+        source,
+    })?;
     let manager = {
         let (config, clock) = (config.clone(), Arc::clone(&clock));
         tokio::task::spawn_blocking(move || {
@@ -213,15 +244,6 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         Some(tokens) => tokens,
         None => development_token(config)?,
     };
-    let audit = Audit::open(config.audit_path.as_deref()).map_err(|source| StartError::Audit {
-        path: config
-            .audit_path
-            .as_deref()
-            .unwrap_or_else(|| std::path::Path::new(""))
-            .display()
-            .to_string(),
-        source,
-    })?;
     let metrics = Arc::new(Metrics::default());
     let manager = Arc::new(manager);
     let discovery_state = DiscoveryState {
@@ -241,15 +263,20 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         api_tokens: Arc::clone(&api_tokens),
         audit,
         metrics: Arc::clone(&metrics),
+        exchanger: crate::exchange::Exchanger::new(
+            config.exchange.allowed_vault_addrs.clone(),
+            config.exchange.vault_timeout,
+        ),
         max_body: config.max_body,
     });
     let (discovery_addr, api_addr) = (local_addr(&discovery), local_addr(&api));
-    let reload = Reload {
+    let reloader = Arc::new(Reloader {
         config: config.clone(),
+        state: Arc::clone(&state),
         api_tokens,
         discovery_tls: discovery.tls.clone(),
         api_tls: api.tls.clone(),
-    };
+    });
     let (shutdown, receiver) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(manager::run_rotator(manager, receiver.clone())),
@@ -271,7 +298,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         discovery_addr,
         api_addr,
         state,
-        reload,
+        reloader,
         shutdown,
         tasks,
     })
@@ -298,18 +325,32 @@ fn connection_budget() -> usize {
     (files.saturating_sub(128) / 2).clamp(16, 16384) as usize
 }
 
+/// Warns when configured caps add up to more connections than the process may open: the caps
+/// then no longer keep one listener's flood from starving the other.
+fn warn_over_budget(config: &Config, budget: usize) {
+    let cap = |l: &ListenerConfig| l.max_connections.unwrap_or(budget);
+    let total = cap(&config.discovery) + cap(&config.api);
+    if total > budget * 2 {
+        tracing::warn!(
+            total,
+            file_descriptors = budget * 2 + 128,
+            "discovery.max_connections and api.max_connections add up to more connections than the file descriptor limit allows: a flood of one listener can starve the other; lower them or raise `ulimit -n`"
+        );
+    }
+}
+
 async fn bind(
-    name: &'static str,
+    section: Section,
     config: &ListenerConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     connection_budget: usize,
 ) -> Result<Listener, StartError> {
-    let key = format!("{name}.listen");
+    let (name, key) = (section.name(), Key::Listener(section, ListenerKey::Listen));
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
-            env: raw::env_name(&key),
-            key,
+            key: key.path().to_owned(),
+            env: key.env().to_owned(),
             addr: config.listen,
             source,
         })?;

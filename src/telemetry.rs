@@ -1,4 +1,4 @@
-//! Observability (SPEC §9): logging set-up, Prometheus metrics and the audit trail.
+//! Observability (docs/reference.md §8): logging set-up, Prometheus metrics and the audit trail.
 //!
 //! Metrics are plain atomics and small maps rendered in the Prometheus text format on scrape
 //! (`telemetry/process.rs` adds the standard `process_*` metrics, read from `/proc/self`); the
@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,7 @@ mod process;
 
 use crate::token::IssuedToken;
 use crate::token::claims::RunPhase;
+use crate::token::kinds::Kind;
 
 /// Starts logging to stderr: JSON lines when `json`, human-readable otherwise. The filter comes
 /// from `TFE_OIDC_LOG` (e.g. `debug`), `info` by default.
@@ -99,6 +100,8 @@ pub const KEY_STATES: [&str; 3] = ["next", "current", "retired"];
 pub struct Metrics {
     tokens_plan: AtomicU64,
     tokens_apply: AtomicU64,
+    /// Indexed by `Kind as usize`.
+    tokens_by_kind: [AtomicU64; 3],
     token_errors: Mutex<BTreeMap<&'static str, u64>>,
     discovery_refused: AtomicU64,
     http: Mutex<Http>,
@@ -134,12 +137,15 @@ impl Drop for OpenConnection {
 }
 
 impl Metrics {
-    pub fn token_issued(&self, phase: RunPhase) {
+    /// Counts a token by its phase (a module test is a plan, a Stacks operation is its phase)
+    /// and by its kind: both label sets stay bounded.
+    pub fn token_issued(&self, kind: Kind, phase: RunPhase) {
         let counter = match phase {
             RunPhase::Plan => &self.tokens_plan,
             RunPhase::Apply => &self.tokens_apply,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.tokens_by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn token_error(&self, reason: &'static str) {
@@ -201,7 +207,7 @@ impl Metrics {
             &mut out,
             "tfe_oidc_tokens_issued_total",
             "counter",
-            "Run identity tokens issued, by run phase.",
+            "Identity tokens issued, by phase (module tests: plan; Stacks: the operation).",
         );
         let _ = writeln!(
             out,
@@ -213,6 +219,20 @@ impl Metrics {
             "tfe_oidc_tokens_issued_total{{phase=\"apply\"}} {}",
             self.tokens_apply.load(Ordering::Relaxed)
         );
+        family(
+            &mut out,
+            "tfe_oidc_tokens_issued_by_kind_total",
+            "counter",
+            "Identity tokens issued, by kind: run, module_test or stack.",
+        );
+        for kind in Kind::ALL {
+            let count = self.tokens_by_kind[kind as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tfe_oidc_tokens_issued_by_kind_total{{kind=\"{}\"}} {count}",
+                kind.as_str()
+            );
+        }
         family(
             &mut out,
             "tfe_oidc_token_errors_total",
@@ -419,45 +439,78 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The audit trail of issued tokens.
 #[derive(Debug, Default)]
 pub struct Audit {
-    file: Option<Mutex<File>>,
+    file: Option<AuditFile>,
+}
+
+#[derive(Debug)]
+struct AuditFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 impl Audit {
     /// Appends to `path` (created with mode 0600) when given; logs only otherwise.
     pub fn open(path: Option<&Path>) -> std::io::Result<Audit> {
         let file = match path {
-            Some(path) => Some(Mutex::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(path)?,
-            )),
+            Some(path) => Some(AuditFile {
+                path: path.to_owned(),
+                file: Mutex::new(open_append(path)?),
+            }),
             None => None,
         };
         Ok(Audit { file })
     }
 
-    /// Records that `issued` is handed to `caller`. With an audit file, a line that cannot be
-    /// written is an error: the caller must then not hand the token out.
-    pub fn token_issued(&self, issued: &IssuedToken, caller: &str) -> std::io::Result<()> {
-        let c = &issued.claims;
-        tracing::info!(
-            target: "audit",
-            event = "token_issued",
-            jti = %c.jti, sub = %c.sub, aud = %c.aud, kid = %issued.kid,
-            iat = c.iat, exp = c.exp, caller = %caller,
-            "token issued"
-        );
-        if let Some(file) = &self.file {
-            let line = serde_json::json!({
-                "event": "token_issued", "jti": c.jti, "sub": c.sub, "aud": c.aud, "kid": issued.kid.as_str(),
-                "iat": c.iat, "exp": c.exp, "caller": caller,
-            });
-            let mut text = line.to_string();
-            text.push('\n');
-            lock(file).write_all(text.as_bytes())?;
+    /// Opens `audit.path` again (after logrotate moved it away, on SIGHUP); on failure the file
+    /// in use is kept.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        if let Some(audit) = &self.file {
+            *lock(&audit.file) = open_append(&audit.path)?;
         }
         Ok(())
     }
+
+    /// Records that `issued` is handed to `caller`. With an audit file, a line that cannot be
+    /// written is an error: the caller must then not hand the token out. A line is written
+    /// whole or not at all: a write that fails part-way (a full disk) is cut back off the file,
+    /// so the next line does not continue a fragment. The log event follows the file, so that
+    /// it never records a token that was not handed out.
+    pub fn token_issued(&self, issued: &IssuedToken, caller: &str) -> std::io::Result<()> {
+        let c = &issued.claims;
+        let (iat, exp) = c.times();
+        if let Some(audit) = &self.file {
+            let line = serde_json::json!({
+                "event": "token_issued", "jti": c.jti(), "sub": c.sub(), "aud": c.aud(), "kid": issued.kid.as_str(),
+                "iat": iat, "exp": exp, "caller": caller,
+            });
+            let mut text = line.to_string();
+            text.push('\n');
+            append_whole(&mut lock(&audit.file), text.as_bytes())?;
+        }
+        tracing::info!(
+            target: "audit",
+            event = "token_issued",
+            jti = %c.jti(), sub = %c.sub(), aud = %c.aud(), kid = %issued.kid,
+            iat, exp, caller = %caller,
+            "token issued"
+        );
+        Ok(())
+    }
+}
+
+/// Appends `line`, or leaves the file as it was.
+fn append_whole(file: &mut File, line: &[u8]) -> std::io::Result<()> {
+    let before = file.metadata()?.len();
+    file.write_all(line).inspect_err(|_| {
+        // Best effort: a device such as /dev/full has no length to restore.
+        let _ = file.set_len(before);
+    })
 }

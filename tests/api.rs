@@ -1,6 +1,6 @@
-//! The API listener (SPEC §7, without the credential exchange), driven over real loopback HTTP:
-//! token issuance and its claims (SPEC §6), every refusal of `POST /v1/tokens` with its exact
-//! error code and field, the admin key routes (SPEC §4), metrics, probes and the audit file.
+//! The API listener (docs/reference.md §4, without the credential exchange), driven over real loopback HTTP:
+//! token issuance and its claims (docs/reference.md §6), every refusal of `POST /v1/tokens` with its exact
+//! error code and field, the admin key routes (docs/reference.md §7), metrics, probes and the audit file.
 
 mod common;
 
@@ -185,7 +185,10 @@ async fn issued_token_has_tfe_claims_and_verifies_against_the_current_key() {
         "terraform_run_id": "run-X3n1AUXNGWbfECsJ",
         "terraform_run_phase": "apply",
     });
-    assert_eq!(claims, expected, "every claim of SPEC §6, and no other");
+    assert_eq!(
+        claims, expected,
+        "every claim of docs/reference.md §6, and no other"
+    );
     let jti = claims["jti"].as_str().unwrap();
     assert!(is_uuid_v4(jti), "jti {jti:?} is not a UUID v4");
     assert_eq!(body["issued_at"], iat);

@@ -1,316 +1,26 @@
-//! The `tfe-oidc` binary as operators run it (SPEC §2, §3, §4, §9): each test runs the built
+//! The `tfe-oidc` binary as operators run it (docs/reference.md §1, §2, §7, §8): each test runs the built
 //! executable as a subprocess with a clean environment, its own temporary directory and its own
 //! loopback ports, and talks to it over plain HTTP/1.1.
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{ApiTokens, binary, free_port, run_body, write_tokens_file};
+use common::process::{Server, Setup, ports, run, text, tfe_oidc};
+use common::raw::{http, post_token, read_response, token_kid};
+use common::{ApiTokens, run_body};
 use serde_json::Value;
-
-/// The binary with an empty environment (but `PATH`), so that no `TFE_OIDC_*` variable of the
-/// developer's shell leaks in, running in `cwd`.
-fn tfe_oidc(cwd: &Path) -> Command {
-    let mut command = Command::new(binary());
-    command.env_clear().current_dir(cwd);
-    if let Some(path) = std::env::var_os("PATH") {
-        command.env("PATH", path);
-    }
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.stdin(Stdio::null()).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A configuration on free loopback ports with its tokens file, in its own directory.
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    keys: PathBuf,
-    discovery: SocketAddr,
-    api: SocketAddr,
-    tokens: ApiTokens,
-}
-
-impl Setup {
-    fn new(extra: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = write_tokens_file(dir.path());
-        Setup::with_tokens(dir, tokens, extra)
-    }
-
-    fn with_tokens(dir: tempfile::TempDir, tokens: ApiTokens, extra: &str) -> Setup {
-        let keys = dir.path().join("keys");
-        let (discovery, api) = ports();
-        let config = dir.path().join("tfe-oidc.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "issuer = \"http://{discovery}\"\n{extra}\n\
-                 [discovery]\nlisten = \"{discovery}\"\n\
-                 [api]\nlisten = \"{api}\"\ntokens_file = {:?}\n\
-                 [keys]\ndir = {keys:?}\n",
-                dir.path().join("api-tokens"),
-            ),
-        )
-        .unwrap();
-        Setup {
-            dir,
-            config,
-            keys,
-            discovery,
-            api,
-            tokens,
-        }
-    }
-
-    /// `tfe-oidc <args> --config <file>`.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = tfe_oidc(self.dir.path());
-        command.args(args).arg("--config").arg(&self.config);
-        command
-    }
-
-    fn serve(&self, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = tfe_oidc(self.dir.path());
-        command
-            .args(extra_args)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        Server::spawn(command, self.dir.path(), self.api)
-    }
-
-    fn issue_args(&self, phase: &str) -> Command {
-        let mut args = vec!["token", "issue"];
-        args.extend_from_slice(common::RUN_FLAGS);
-        args.extend(["--phase", phase]);
-        self.command(&args)
-    }
-}
-
-/// Two distinct free loopback addresses.
-fn ports() -> (SocketAddr, SocketAddr) {
-    loop {
-        let (a, b) = (free_port(), free_port());
-        if a != b {
-            return (
-                format!("127.0.0.1:{a}").parse().unwrap(),
-                format!("127.0.0.1:{b}").parse().unwrap(),
-            );
-        }
-    }
-}
-
-/// A `serve` child process, killed when dropped; its stdout and stderr go to files.
-struct Server {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    api: SocketAddr,
-}
-
-static SERVER_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl Server {
-    fn spawn(mut command: Command, dir: &Path, api: SocketAddr) -> Server {
-        let n = SERVER_COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let stdout = dir.join(format!("serve-{n}.stdout"));
-        let stderr = dir.join(format!("serve-{n}.stderr"));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        Server {
-            child,
-            stdout,
-            stderr,
-            api,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    /// Waits until the server logs that both listeners are bound (`Ok`), or exits (`Err`).
-    fn wait_serving(&mut self) -> Result<(), (ExitStatus, String)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err((status, self.stderr()));
-            }
-            if self.stderr().contains("tfe-oidc serving") {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not start within 30s:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for serving and checks readiness over HTTP.
-    fn ready(mut self) -> Server {
-        if let Err((status, stderr)) = self.wait_serving() {
-            panic!("serve exited with {status}:\n{stderr}");
-        }
-        let (status, _, body) = http(self.api, "GET", "/readyz", &[], b"");
-        assert_eq!(status, 200, "readyz: {body}");
-        self
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// SIGTERM, then asserts a clean exit within a few seconds.
-    fn stop(mut self) -> (String, String) {
-        self.sigterm();
-        let status = self.wait_exit(Duration::from_secs(10));
-        let stderr = self.stderr();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "serve did not exit 0 within 10s of SIGTERM ({status:?}):\n{stderr}"
-        );
-        (self.stdout(), stderr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection: status, raw headers (lowercased) and body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    read_response(&mut stream)
-}
-
-fn read_response(stream: &mut TcpStream) -> (u16, String, String) {
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let raw = text(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {head:?}"));
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, head, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-}
-
-fn post_token(api: SocketAddr, bearer: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {bearer}");
-    let (status, _, text) = http(
-        api,
-        "POST",
-        "/v1/tokens",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &serde_json::to_vec(body).unwrap(),
-    );
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 fn jwks_kids(discovery: SocketAddr) -> Vec<String> {
     let (status, _, body) = http(discovery, "GET", "/.well-known/jwks", &[], b"");
     assert_eq!(status, 200);
     let jwks: Value = serde_json::from_str(&body).unwrap();
     common::jwks_kids(&jwks).into_iter().collect()
-}
-
-fn token_kid(token: &str) -> String {
-    let header = token.split('.').next().unwrap();
-    let header: Value = serde_json::from_slice(&B64.decode(header).unwrap()).unwrap();
-    header["kid"].as_str().unwrap().to_owned()
 }
 
 fn keys_json(setup: &Setup) -> Value {
@@ -580,6 +290,118 @@ fn a_running_server_locks_the_key_store_but_readers_work_and_offline_rotation_fo
     assert!(!setup.keys.join(format!("{current}.pem")).exists());
 }
 
+/// `token issue` reaches every kind: `--module` mints a module-test token, `--stack` a Stacks
+/// deployment token, with the same rules and field names as the API; flags of two kinds together
+/// are a usage error (64) from the command line parser, before anything is minted.
+#[test]
+fn token_issue_mints_module_test_and_stacks_tokens_and_refuses_mixed_kinds() {
+    let setup = Setup::new("");
+    let out = run(&mut setup.command(&["keys", "rotate", "--force"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let org = ["--org", "acme", "--org-id", "org-GRNbCjYNpBB6NEH9"];
+    let module = ["--module", "vpc", "--run-id", "trun-KFg8DSiRz4E37mdJ"];
+    let stack = [
+        "--project",
+        "Default Project",
+        "--project-id",
+        "prj-vegSA59s1XPwMr2t",
+        "--stack",
+        "network",
+        "--stack-id",
+        "st-Ab12Cd34Ef56Gh78",
+        "--deployment",
+        "production",
+        "--operation",
+        "apply",
+        "--plan-id",
+        "sp-Zx98Yw76Vu54Ts32",
+    ];
+    let issue = |flags: &[&[&str]]| {
+        let mut args = vec!["token", "issue"];
+        args.extend(org);
+        flags.iter().for_each(|f| args.extend_from_slice(f));
+        run(&mut setup.command(&args))
+    };
+    let claims_of = |out: &Output| -> Value {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let token = text(&out.stdout).trim().to_owned();
+        serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+    };
+
+    let c = claims_of(&issue(&[&module]));
+    assert_eq!(c["sub"], "organization:acme:module:vpc:operation:test_run");
+    assert_eq!(c["terraform_run_phase"], "plan");
+    assert_eq!(c["nbf"].as_u64().unwrap() + 30, c["iat"].as_u64().unwrap());
+    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 600);
+    assert!(c.get("terraform_workspace_id").is_none(), "{c}");
+    let c = claims_of(&issue(&[&module, &["--ttl", "30m"]]));
+    assert_eq!(
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+        1800
+    );
+
+    let c = claims_of(&issue(&[&stack]));
+    assert_eq!(
+        c["sub"],
+        "organization:acme:project:Default Project:stack:network:deployment:production:operation:apply"
+    );
+    assert_eq!(c["terraform_plan_id"], "sp-Zx98Yw76Vu54Ts32");
+
+    // The library's rules, with the API's field names.
+    let bad_stack: Vec<&str> = stack
+        .iter()
+        .map(|a| if *a == "production" { "prod*" } else { a })
+        .collect();
+    let refusals: [(&[&[&str]], &str); 5] = [
+        (&[&module, &["--ttl", "31m"]], "ttl"),
+        (&[&module, &["--phase", "apply"]], "run.phase"),
+        (
+            &[&["--module", "vpc:x", "--run-id", "trun-a"]],
+            "module.name",
+        ),
+        (&[&["--module", "vpc", "--run-id", "run-a"]], "run.id"),
+        (&[&bad_stack], "deployment.name"),
+    ];
+    for (flags, field) in refusals {
+        let out = issue(flags);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{field}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+        assert!(text(&out.stderr).contains(field), "{}", text(&out.stderr));
+    }
+    // Two kinds at once: clap refuses, naming both flags.
+    let run_flags: &[&str] = &common::RUN_FLAGS[4..];
+    let mixed: [(&[&[&str]], &str); 4] = [
+        (
+            &[&module, &["--workspace", "prod", "--workspace-id", "ws-a"]],
+            "--workspace",
+        ),
+        (&[&module, &["--stack", "network"]], "--stack"),
+        (&[&stack, &["--module", "vpc"]], "--module"),
+        (
+            &[
+                run_flags,
+                &["--phase", "plan", "--deployment", "production"],
+            ],
+            "--deployment",
+        ),
+    ];
+    for (flags, flag) in mixed {
+        let out = issue(flags);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {stderr}");
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr.contains(flag) && stderr.contains("cannot be used with"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn sigterm_stops_accepting_finishes_the_in_flight_request_and_exits_zero() {
     let setup = Setup::new("");
@@ -643,10 +465,14 @@ fn api_token_new_prints_a_token_whose_line_grants_only_its_scopes() {
         run(tfe_oidc(dir.path()).args(["api-token", "new", "--name", "ci", "--scopes", "tokens"]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.find("sha256:").map(|i| l[i..].trim().to_owned()))
-        .unwrap_or_else(|| panic!("no tokens-file line in:\n{stdout}"));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the token, then the tokens-file line:\n{stdout}"
+    );
+    let (token, line) = (lines[0].to_owned(), lines[1].to_owned());
+    assert!(line.starts_with("sha256:"), "{line}");
     let fields: Vec<&str> = line.split(' ').collect();
     assert_eq!(fields.len(), 3, "{line}");
     let digest = fields[0].strip_prefix("sha256:").unwrap();
@@ -657,13 +483,10 @@ fn api_token_new_prints_a_token_whose_line_grants_only_its_scopes() {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     );
     assert_eq!(&fields[1..], ["ci", "tokens"]);
-    let token = stdout
-        .lines()
-        .find(|l| !l.contains("sha256:") && !l.trim().is_empty())
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("no token in:\n{stdout}"))
-        .to_owned();
-    assert!(token.len() >= 32, "{token}");
+    assert!(
+        token.starts_with("tfeoidc_") && token.len() >= 32,
+        "{token}"
+    );
     assert!(!line.contains(&token), "the line holds only the digest");
 
     // Each call makes a new token.
@@ -680,7 +503,7 @@ fn api_token_new_prints_a_token_whose_line_grants_only_its_scopes() {
         tokens_only: String::new(),
         keys_only: String::new(),
     };
-    let setup = Setup::with_tokens(dir, unused, "");
+    let setup = Setup::with_tokens(dir, unused, "", "");
     let server = setup.serve(&[], &[]).ready();
     let (status, body) = post_token(setup.api, &token, &run_body("acme", "prod", "plan"));
     assert_eq!(status, 200, "{body}");

@@ -1,5 +1,5 @@
-//! SPEC §4's invariant across crashes: real `tfe-oidc` processes killed with SIGKILL at random
-//! instants, on a real key directory.
+//! The key lifecycle's invariant across crashes: real `tfe-oidc` processes killed with SIGKILL at
+//! random instants, on a real key directory.
 //!
 //! > at every instant and across restarts and crashes: every unexpired token that was handed out
 //! > has its kid in the JWKS served; no token is signed by a key that was not already in the
@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use invariant::{Minted, Rng, kids, parse_jwks, seed, verify};
+use tfe_oidc::config::RsaBits;
 use tfe_oidc::discovery::{Documents, JwkSet};
 use tfe_oidc::keys::store::{FileStore, KeyStore, read_unlocked};
 use tfe_oidc::keys::{KeySet, KeyState};
@@ -312,7 +313,7 @@ fn rotations_killed_at_random_instants_leave_the_old_or_the_new_set_and_every_to
 
         // A writer opens it, finishing what the crash cut short.
         {
-            let mut store = FileStore::open(&keys, 2048)
+            let mut store = FileStore::open(&keys, RsaBits::Rsa2048)
                 .unwrap_or_else(|e| panic!("{ctx}: the store does not open after a kill: {e}"));
             let loaded = store.load().expect("a writer loads it");
             assert_eq!(loaded.set, after.set, "{ctx}");

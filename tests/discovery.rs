@@ -1,4 +1,4 @@
-//! The discovery listener (SPEC §5), over real loopback sockets and real TLS: the two documents
+//! The discovery listener (docs/reference.md §3), over real loopback sockets and real TLS: the two documents
 //! against hand-checked golden files, the JWKS's contents, the HTTP caching and method rules,
 //! key rotation as seen by a client, TLS 1.2 and 1.3, the peer allow list and mTLS.
 
@@ -18,7 +18,9 @@ use tfe_oidc::discovery::Documents;
 use tfe_oidc::keys::{KeyInfo, KeySet, KeyState, Kid, PublicJwk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{Options, TestPki, TestServer, jwks_kids, require_tool};
+use common::{
+    Options, TestPki, TestServer, jwks_kids, module_test_body, require_tool, run_body, stack_body,
+};
 
 const CONFIGURATION: &str = "/.well-known/openid-configuration";
 const JWKS: &str = "/.well-known/jwks";
@@ -132,29 +134,42 @@ async fn openid_configuration_is_served_byte_for_byte_as_the_golden_document() {
     server.stop().await;
 }
 
+/// `claims_supported` is exactly the union of the claims of the three token kinds: a workspace
+/// run, a module test and a Stacks deployment.
 #[tokio::test(flavor = "multi_thread")]
-async fn claims_supported_lists_exactly_the_claims_of_an_issued_token() {
+async fn claims_supported_lists_exactly_the_claims_of_every_token_kind() {
     let server = TestServer::start(Options::default()).await;
     let configuration: Value = get(&server, CONFIGURATION, None)
         .await
         .json()
         .await
         .unwrap();
-    let supported: BTreeSet<&str> = configuration["claims_supported"]
+    let supported: BTreeSet<String> = configuration["claims_supported"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c.as_str().unwrap())
+        .map(|c| c.as_str().unwrap().to_owned())
         .collect();
-    let token = server.mint("prod", "apply").await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let payload = B64.decode(token.split('.').nth(1).unwrap()).unwrap();
-    let claims: serde_json::Map<String, Value> = serde_json::from_slice(&payload).unwrap();
-    let issued: BTreeSet<&str> = claims.keys().map(String::as_str).collect();
+    let mut issued = BTreeSet::new();
+    for body in [
+        run_body("acme", "prod", "apply"),
+        module_test_body("acme", "vpc"),
+        stack_body("production", "apply"),
+    ] {
+        let token = server.mint_body(&body).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let payload = B64.decode(token.split('.').nth(1).unwrap()).unwrap();
+        let claims: serde_json::Map<String, Value> = serde_json::from_slice(&payload).unwrap();
+        issued.extend(claims.keys().cloned());
+    }
     assert_eq!(supported, issued);
-    assert_eq!(supported.len(), 16, "SPEC §6 names 16 claims");
+    assert_eq!(
+        supported.len(),
+        21,
+        "16 run claims, and the 5 Stacks claims runs lack"
+    );
     server.stop().await;
 }
 

@@ -12,19 +12,18 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rsa::{KeyPair, KeySize};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
-use tfe_oidc::http::ApiState;
 use tfe_oidc::keys::{FakeClock, SigningKey};
 use tfe_oidc::token::claims::Claims;
 
 use common::bao::{Bao, VAULT_AUDIENCE, deploy_vault, reasons};
-use common::{Options, TestServer, run_body};
+use common::{Options, TestServer, module_test_body, run_body, stack_body};
 
 /// The role `configure.sh` writes for ORG=acme WORKSPACE=prod (and `role.json` holds).
 const RUN_ROLE: &str = "tfe-acme-prod";
@@ -122,32 +121,32 @@ async fn rotations(server: &TestServer) -> u64 {
     sample_sum(&metrics(server).await, "tfe_oidc_key_rotations_total ")
 }
 
-/// JWKS fetches the tests themselves made, per running service: keyed by the address of its
-/// `ApiState`. Each entry holds a `Weak` to that state, which keeps its allocation from being
-/// reused: a restarted server's state would otherwise often get the stopped one's address, and
-/// inherit its count.
-type OwnFetches = BTreeMap<usize, (Weak<ApiState>, u64)>;
-static OWN_JWKS_FETCHES: Mutex<OwnFetches> = Mutex::new(BTreeMap::new());
+/// JWKS fetches the tests themselves made, per running service.
+static OWN_JWKS_FETCHES: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
 
-/// This running service's count in `OWN_JWKS_FETCHES`.
-fn own_fetches<'a>(fetches: &'a mut OwnFetches, server: &TestServer) -> &'a mut u64 {
-    let state = &server.running.state;
-    let entry = fetches
-        .entry(Arc::as_ptr(state) as usize)
-        .or_insert_with(|| (Arc::downgrade(state), 0));
-    &mut entry.1
+fn service_id(server: &TestServer) -> usize {
+    server.id
 }
 
 /// How many times OpenBao fetched the JWKS from this running service: the requests the
 /// discovery listener counted, less the test's own.
 async fn jwks_fetches(server: &TestServer) -> u64 {
-    let own = *own_fetches(&mut OWN_JWKS_FETCHES.lock().unwrap(), server);
+    let own = OWN_JWKS_FETCHES
+        .lock()
+        .unwrap()
+        .get(&service_id(server))
+        .copied()
+        .unwrap_or(0);
     sample_sum(&metrics(server).await, JWKS_FETCHES) - own
 }
 
 /// The kids in the served JWKS.
 async fn published_kids(server: &TestServer) -> BTreeSet<String> {
-    *own_fetches(&mut OWN_JWKS_FETCHES.lock().unwrap(), server) += 1;
+    *OWN_JWKS_FETCHES
+        .lock()
+        .unwrap()
+        .entry(service_id(server))
+        .or_insert(0) += 1;
     common::jwks_kids(&server.jwks().await)
 }
 
@@ -534,6 +533,119 @@ async fn plan_and_apply_roles_accept_only_their_phase() {
         "a plan token at the apply role",
     );
     server.stop().await;
+}
+
+/// Writes a role bound (glob) on `sub`, with the workspace's policy. The user claim is `sub`,
+/// which every kind carries: OpenBao checks the user claim before the bound claims, so a claim
+/// missing from another kind would otherwise be the reason for a refusal.
+async fn bound_role(bao: &Bao, role: &str, sub: &str) {
+    bao.root_write(
+        &format!("auth/jwt/role/{role}"),
+        json!({
+            "role_type": "jwt",
+            "bound_audiences": [VAULT_AUDIENCE],
+            "bound_claims_type": "glob",
+            "bound_claims": {"sub": sub},
+            "user_claim": "sub",
+            "token_policies": [POLICY],
+            "token_ttl": "20m",
+        }),
+    )
+    .await;
+}
+
+/// A role bound on a module-test `sub` accepts that module's test token and refuses a workspace
+/// token, another module's test token and a Stacks token; a role bound on a Stacks `sub` accepts
+/// its deployment's tokens and refuses the other kinds and another deployment; the documented
+/// workspace role refuses both new kinds (they lack its user claim).
+#[tokio::test(flavor = "multi_thread")]
+async fn module_test_and_stacks_roles_accept_only_their_kind() {
+    let Some((bao, server)) = bao_and_issuer(Options::default()).await else {
+        return;
+    };
+    const MODULE_ROLE: &str = "tfe-acme-module-vpc";
+    const STACK_ROLE: &str = "tfe-acme-stack-network-production";
+    let module_sub = "organization:acme:module:vpc:operation:test_run";
+    bound_role(&bao, MODULE_ROLE, module_sub).await;
+    let stack_sub = "organization:acme:project:*:stack:network:deployment:production:operation:*";
+    bound_role(&bao, STACK_ROLE, stack_sub).await;
+
+    let workspace = server.mint("prod", "apply").await;
+    let module = server.mint_body(&module_test_body("acme", "vpc")).await;
+    let other_module = server.mint_body(&module_test_body("acme", "dns")).await;
+    let plan = server.mint_body(&stack_body("production", "plan")).await;
+    let apply = server.mint_body(&stack_body("production", "apply")).await;
+    let staging = server.mint_body(&stack_body("staging", "apply")).await;
+    assert_eq!(claims_sub(&module), module_sub);
+
+    let auth = assert_accepted(
+        bao.login(MODULE_ROLE, token_of(&module)).await,
+        "the module's test token at its role",
+    );
+    assert_eq!(auth["metadata"]["role"], MODULE_ROLE);
+    for (what, token) in [
+        ("a workspace token", &workspace),
+        ("another module's test token", &other_module),
+        ("a Stacks token", &apply),
+    ] {
+        assert_refused(
+            bao.login(MODULE_ROLE, token_of(token)).await,
+            reasons::SUB_MISMATCH,
+            &format!("{what} at the module-test role"),
+        );
+    }
+
+    for (what, token) in [("a plan", &plan), ("an apply", &apply)] {
+        let auth = assert_accepted(
+            bao.login(STACK_ROLE, token_of(token)).await,
+            &format!("{what} token of the deployment at its role"),
+        );
+        let me = bao
+            .call(
+                reqwest::Method::GET,
+                "auth/token/lookup-self",
+                auth["client_token"].as_str(),
+                None,
+            )
+            .await
+            .1;
+        let name = me["data"]["display_name"].as_str().unwrap_or_default();
+        assert!(name.contains(":deployment:production:"), "{me}");
+    }
+    for (what, token) in [
+        ("a workspace token", &workspace),
+        ("a module test token", &module),
+        ("another deployment's token", &staging),
+    ] {
+        assert_refused(
+            bao.login(STACK_ROLE, token_of(token)).await,
+            reasons::SUB_MISMATCH,
+            &format!("{what} at the Stacks role"),
+        );
+    }
+
+    // The documented workspace role's user claim, terraform_full_workspace, exists only in
+    // workspace tokens: OpenBao refuses the other kinds on it before it compares the sub.
+    for (what, token) in [("a module test token", &module), ("a Stacks token", &apply)] {
+        assert_refused(
+            bao.login(RUN_ROLE, token_of(token)).await,
+            "claim \"terraform_full_workspace\" not found in token",
+            &format!("{what} at the workspace role"),
+        );
+    }
+    // The glob's `*` would match ':' in a name, which the API therefore refuses to sign.
+    let mut body = stack_body("staging:operation:apply:x", "apply");
+    body["stack"]["name"] = "network:deployment:production".into();
+    let (status, answer) = server.post_token(&body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["field"], "stack.name");
+    server.stop().await;
+}
+
+fn claims_sub(minted: &Value) -> String {
+    let payload = token_of(minted).split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    claims["sub"].as_str().unwrap().to_owned()
 }
 
 /// Keys rotate every 4 s while workers mint and log in without pause: no valid token is ever

@@ -1,4 +1,4 @@
-//! SPEC §4's invariant, driven by a fake clock so that months of rotations take seconds:
+//! The key lifecycle's invariant, driven by a fake clock so that months of rotations take seconds:
 //!
 //! > at every instant and across restarts and crashes: every unexpired token that was handed out
 //! > has its kid in the JWKS served; no token is signed by a key that was not already in the
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use invariant::{Minted, Rng, kids, parse_jwks, seed, verify};
-use tfe_oidc::config::TokenPolicy;
+use tfe_oidc::config::{Issuer, RsaBits, TokenPolicy};
 use tfe_oidc::discovery::Rendered;
 use tfe_oidc::discovery::{Documents, JwkSet};
 use tfe_oidc::keys::lifecycle::{Policy, RETIRE_MARGIN_SECS, RotateRefused};
@@ -137,7 +137,7 @@ fn run_request(ttl: u64) -> TokenRequest {
     })
     .unwrap();
     TokenRequest {
-        run,
+        subject: run.into(),
         audience: None,
         ttl: Some(format!("{ttl}s")),
     }
@@ -145,7 +145,7 @@ fn run_request(ttl: u64) -> TokenRequest {
 
 fn issuer_for(policy: &Policy) -> TokenIssuer {
     TokenIssuer::new(
-        ISSUER.into(),
+        Issuer::parse(ISSUER).unwrap(),
         TokenPolicy {
             default_audience: Audience::parse(AUDIENCE).unwrap(),
             audiences: vec![AUDIENCE.into()],
@@ -245,7 +245,8 @@ impl Lab {
 
     fn start(&mut self) {
         assert!(self.manager.is_none());
-        let store = FileStore::open(&self.keys_dir(), 2048).expect("the key store opens");
+        let store =
+            FileStore::open(&self.keys_dir(), RsaBits::Rsa2048).expect("the key store opens");
         let before = self.served_len();
         let manager = KeyManager::start(Box::new(store), Arc::new(self.clock.clone()), self.policy)
             .expect("the key manager starts");
@@ -391,7 +392,7 @@ impl Lab {
         match leftovers {
             Leftovers::None => {}
             Leftovers::NewKey => {
-                let mut store = FileStore::open(&dir, 2048).unwrap();
+                let mut store = FileStore::open(&dir, RsaBits::Rsa2048).unwrap();
                 let stray = store.create().unwrap();
                 drop(store);
                 assert!(dir.join(format!("{}.pem", stray.kid())).exists());

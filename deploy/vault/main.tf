@@ -111,6 +111,13 @@ resource "vault_policy" "workspace" {
       capabilities = ["read"]
     }
 
+    # The secrets-engine roles of its Vault-backed dynamic credentials (engines/main.tf).
+    path "aws/creds/deploy" { capabilities = ["read"] }
+    path "aws/sts/deploy" { capabilities = ["read"] }
+    path "gcp/roleset/viewer/token" { capabilities = ["read"] }
+    path "gcp/static-account/deployer/key" { capabilities = ["read"] }
+    path "azure/creds/contributor" { capabilities = ["read"] }
+
     # TFE manages the token's life.
     path "auth/token/lookup-self" {
       capabilities = ["read"]

@@ -25,7 +25,7 @@ pub fn describe(c: &Config) -> String {
                 .join(", ")
         )
     };
-    let mut lines = vec![format!("issuer = {:?}", c.issuer)];
+    let mut lines = vec![format!("issuer = {:?}", c.issuer.as_str())];
     for (name, l) in [("discovery", &c.discovery), ("api", &c.api)] {
         lines.push(format!("{name}.listen = \"{}\"", l.listen));
         lines.push(format!(

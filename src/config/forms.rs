@@ -1,43 +1,64 @@
-//! The forms single values must have: the issuer URL, addresses, loopback, audience globs.
+//! The forms single values must have: addresses, loopback, audience globs, RSA key sizes. The
+//! issuer's form is `issuer.rs`'s.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// Checks the issuer form: scheme + host [+ port], nothing else. Returns whether it is https.
-pub fn check_issuer(text: &str) -> Result<bool, String> {
-    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = text.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(format!(
-            "{text:?} must start with https:// (or http:// on loopback)"
-        ));
-    };
-    if rest.is_empty() {
-        return Err(format!("{text:?} has no host"));
-    }
-    if let Some(c) = rest
-        .chars()
-        .find(|c| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "{text:?} must be scheme + host [+ port] only: no path, query, fragment, user or trailing slash (found {c:?})"
-        ));
-    }
-    if rest.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "{text:?} must be lowercase: verifiers compare the issuer byte for byte"
-        ));
-    }
-    Ok(https)
+/// Why a value does not have its form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    /// Neither an IP address nor a CIDR block.
+    #[error("{0:?} is not an address or CIDR block such as 10.0.7.0/24")]
+    Cidr(String),
+    /// An RSA key size other than 2048, 3072 or 4096 bits.
+    #[error("must be 2048, 3072 or 4096")]
+    RsaBits(i64),
 }
 
-pub(super) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+/// The size of the RSA keys the service creates. Keys already in the store keep their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RsaBits {
+    #[default]
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl RsaBits {
+    pub fn bits(self) -> u32 {
+        match self {
+            RsaBits::Rsa2048 => 2048,
+            RsaBits::Rsa3072 => 3072,
+            RsaBits::Rsa4096 => 4096,
+        }
+    }
+}
+
+impl TryFrom<i64> for RsaBits {
+    type Error = FormError;
+
+    fn try_from(bits: i64) -> Result<RsaBits, FormError> {
+        match bits {
+            2048 => Ok(RsaBits::Rsa2048),
+            3072 => Ok(RsaBits::Rsa3072),
+            4096 => Ok(RsaBits::Rsa4096),
+            other => Err(FormError::RsaBits(other)),
+        }
+    }
+}
+
+impl fmt::Display for RsaBits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.bits())
+    }
+}
+
+pub(super) fn parse_cidr(text: &str) -> Result<IpNet, FormError> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an address or CIDR block such as 10.0.7.0/24"))
+        .map_err(|_| FormError::Cidr(text.to_owned()))
 }
 
 pub fn is_loopback(ip: IpAddr) -> bool {
@@ -74,19 +95,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issuer_form_is_strict() {
-        assert_eq!(check_issuer("https://tfe.example.com:8443"), Ok(true));
-        assert_eq!(check_issuer("http://127.0.0.1:8443"), Ok(false));
-        for bad in [
-            "https://tfe.example.com/",
-            "https://x/path",
-            "ftp://x",
-            "https://",
-            "https://X.com",
-            "https://a?b",
+    fn rsa_bits_are_the_three_sizes_only() {
+        for (n, bits) in [
+            (2048, RsaBits::Rsa2048),
+            (3072, RsaBits::Rsa3072),
+            (4096, RsaBits::Rsa4096),
         ] {
-            assert!(check_issuer(bad).is_err(), "{bad}");
+            assert_eq!(RsaBits::try_from(n), Ok(bits));
+            assert_eq!(i64::from(bits.bits()), n);
+            assert_eq!(bits.to_string(), n.to_string());
         }
+        for n in [0, -2048, 1024, 2047, 2049, 4097, 8192] {
+            let error = RsaBits::try_from(n).unwrap_err();
+            assert_eq!(error, FormError::RsaBits(n));
+            assert_eq!(error.to_string(), "must be 2048, 3072 or 4096");
+        }
+        assert_eq!(RsaBits::default(), RsaBits::Rsa2048);
+    }
+
+    #[test]
+    fn cidr_takes_blocks_and_single_addresses() {
+        assert_eq!(
+            parse_cidr("10.0.7.0/24").unwrap().to_string(),
+            "10.0.7.0/24"
+        );
+        assert_eq!(parse_cidr("fd00::1").unwrap().to_string(), "fd00::1/128");
+        assert_eq!(
+            parse_cidr("10.0.0.0/33").unwrap_err().to_string(),
+            "\"10.0.0.0/33\" is not an address or CIDR block such as 10.0.7.0/24"
+        );
     }
 
     #[test]

@@ -1,25 +1,30 @@
-//! The validated configuration (SPEC §3).
+//! The validated configuration.
 //!
 //! `Config::load` reads the TOML file (or none: the embedded defaults), applies `TFE_OIDC_*`
 //! overrides, and checks every rule, returning all problems at once. Everything after this module
-//! trusts a `Config`. Parsing text into typed values is `raw.rs`'s job, the forms of single values
-//! (issuer, CIDR, glob) are `forms.rs`'s, and `describe.rs` renders the effective settings; this
-//! module owns defaults and the rules between keys. It does not open sockets or read keys.
+//! trusts a `Config`. The keys, their paths and variables are `schema.rs`'s; parsing text into
+//! typed values is `raw.rs`'s job, the forms of single values are `issuer.rs`'s and `forms.rs`'s
+//! (CIDR, glob, RSA key size), `listener.rs` holds the rules of each listener's section, and
+//! `describe.rs` renders the effective settings; this module owns defaults and the rules between
+//! keys. It does not open sockets or read keys.
 
 mod describe;
 mod forms;
+mod issuer;
+mod listener;
 pub mod raw;
+pub mod schema;
 
 pub use describe::{describe, short_duration};
-use forms::parse_cidr;
-pub use forms::{check_issuer, glob_match, is_loopback};
+pub use forms::{FormError, RsaBits, glob_match, is_loopback};
+pub use issuer::{Issuer, IssuerError, check_issuer};
+use listener::listener;
+pub use listener::{ListenerConfig, TlsFiles};
+pub use schema::{Key, ListenerKey, Section};
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use crate::token::claims::Audience;
 use raw::Raw;
@@ -32,10 +37,16 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(key: &str, message: impl Into<String>) -> Problem {
+    /// A problem with the value of `key`.
+    pub fn at(key: Key, message: impl fmt::Display) -> Problem {
+        Problem::new(key.path(), message)
+    }
+
+    /// A problem with something that is not a key: `(file)`, an unknown variable or key.
+    pub fn new(key: &str, message: impl fmt::Display) -> Problem {
         Problem {
             key: key.to_owned(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -50,27 +61,6 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError(pub Vec<Problem>);
-
-/// TLS files of one listener.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, clients must present a certificate issued by this CA.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// One listening socket and how it is protected.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    pub listen: SocketAddr,
-    pub tls: Option<TlsFiles>,
-    /// Peers allowed to connect; empty means any peer that can reach the address.
-    pub allow: Vec<IpNet>,
-    pub insecure_http: bool,
-    /// Connections served at once; `None`: half of the process's file descriptors, at most 16384.
-    pub max_connections: Option<usize>,
-}
 
 /// Rules for the tokens this issuer signs.
 #[derive(Debug, Clone)]
@@ -101,7 +91,7 @@ pub enum StoreKind {
 pub struct KeysConfig {
     pub store: StoreKind,
     pub dir: PathBuf,
-    pub rsa_bits: usize,
+    pub rsa_bits: RsaBits,
     pub rotation_period: Duration,
 }
 
@@ -115,7 +105,7 @@ pub struct ExchangeConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `iss` of every token and `issuer` of the discovery document, byte for byte.
-    pub issuer: String,
+    pub issuer: Issuer,
     pub discovery: ListenerConfig,
     pub jwks_max_age: Duration,
     pub api: ListenerConfig,
@@ -168,27 +158,27 @@ impl Config {
 }
 
 fn build(raw: &Raw, problems: &mut Vec<Problem>) -> Option<Config> {
-    let discovery = listener(raw, "discovery", "127.0.0.1:8443", problems);
-    let api = listener(raw, "api", "127.0.0.1:8080", problems);
+    let discovery = listener(raw, Section::Discovery, "127.0.0.1:8443", problems);
+    let api = listener(raw, Section::Api, "127.0.0.1:8080", problems);
     let tokens = token_policy(raw, problems);
     let keys = keys(raw, problems);
     let jwks_max_age = raw
-        .duration("discovery.jwks_max_age")
+        .duration(Key::JwksMaxAge)
         .unwrap_or(Duration::from_secs(300));
-    let max_body = raw.size("api.max_body").unwrap_or(64 * 1024);
+    let max_body = raw.size(Key::MaxBody).unwrap_or(64 * 1024);
     if max_body == 0 || max_body > 16 << 20 {
-        problems.push(Problem::new("api.max_body", "must be between 1B and 16MiB"));
+        problems.push(Problem::at(Key::MaxBody, "must be between 1B and 16MiB"));
     }
     let (discovery, api, tokens, keys) = (discovery?, api?, tokens?, keys?);
     if discovery.listen == api.listen && discovery.listen.port() != 0 {
-        problems.push(Problem::new(
-            "api.listen",
+        problems.push(Problem::at(
+            Key::Listener(Section::Api, ListenerKey::Listen),
             "must differ from discovery.listen",
         ));
     }
     if jwks_max_age.is_zero() || jwks_max_age > keys.rotation_period / 4 {
-        problems.push(Problem::new(
-            "discovery.jwks_max_age",
+        problems.push(Problem::at(
+            Key::JwksMaxAge,
             format!(
                 "must be more than 0 and at most rotation_period / 4 ({}), so that a new key is fetched long before it signs",
                 humantime::format_duration(keys.rotation_period / 4)
@@ -201,163 +191,56 @@ fn build(raw: &Raw, problems: &mut Vec<Problem>) -> Option<Config> {
         discovery,
         jwks_max_age,
         api,
-        tokens_file: raw.str("api.tokens_file").map(PathBuf::from),
+        tokens_file: raw.str(Key::TokensFile).map(PathBuf::from),
         max_body: max_body as usize,
         tokens,
         keys,
-        audit_path: raw.str("audit.path").map(PathBuf::from),
+        audit_path: raw.str(Key::AuditPath).map(PathBuf::from),
         exchange: ExchangeConfig {
             vault_timeout: raw
-                .duration("exchange.vault_timeout")
+                .duration(Key::VaultTimeout)
                 .unwrap_or(Duration::from_secs(60)),
             allowed_vault_addrs: raw
-                .list("exchange.allowed_vault_addrs")
+                .list(Key::AllowedVaultAddrs)
                 .unwrap_or_default()
                 .to_vec(),
         },
     })
 }
 
-fn listener(
-    raw: &Raw,
-    section: &str,
-    default: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<ListenerConfig> {
-    let key = |name: &str| format!("{section}.{name}");
-    let text = raw.str(&key("listen")).unwrap_or(default);
-    let listen = match text.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.push(Problem::new(
-                &key("listen"),
-                format!("{text:?} is not an address:port such as 127.0.0.1:8443"),
-            ));
-            None
-        }
-    };
-    let tls = tls_files(raw, section, problems);
-    let allow = raw
-        .list(&key("allow"))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|item| {
-            parse_cidr(item)
-                .map_err(|m| problems.push(Problem::new(&key("allow"), m)))
-                .ok()
-        })
-        .collect();
-    let insecure_http = raw.bool(&key("insecure_http")).unwrap_or(false);
-    let max_connections = raw.int(&key("max_connections"));
-    if max_connections.is_some_and(|n| !(1..=1_000_000).contains(&n)) {
-        problems.push(Problem::new(
-            &key("max_connections"),
-            "must be between 1 and 1000000",
-        ));
-    }
-    let listen = listen?;
-    if tls.is_none() && !is_loopback(listen.ip()) && !insecure_http {
-        problems.push(Problem::new(
-            &key("listen"),
-            format!(
-                "{listen} is not a loopback address and the listener has no TLS: set {0}.tls_cert and {0}.tls_key, or {0}.insecure_http = true if the network is trusted",
-                section
-            ),
-        ));
-    }
-    Some(ListenerConfig {
-        listen,
-        tls,
-        allow,
-        insecure_http,
-        max_connections: max_connections.map(|n| n as usize),
-    })
-}
-
-fn tls_files(raw: &Raw, section: &str, problems: &mut Vec<Problem>) -> Option<TlsFiles> {
-    let key = |name: &str| format!("{section}.{name}");
-    let cert = raw.str(&key("tls_cert")).map(PathBuf::from);
-    let tls_key = raw.str(&key("tls_key")).map(PathBuf::from);
-    let client_ca = raw.str(&key("client_ca")).map(PathBuf::from);
-    for (name, path) in [
-        ("tls_cert", &cert),
-        ("tls_key", &tls_key),
-        ("client_ca", &client_ca),
-    ] {
-        if let Some(path) = path
-            && let Err(e) = std::fs::metadata(path)
-        {
-            problems.push(Problem::new(
-                &key(name),
-                format!("cannot read {}: {e}", path.display()),
-            ));
-        }
-    }
-    match (cert, tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles {
-            cert,
-            key,
-            client_ca,
-        }),
-        (None, None) => {
-            if client_ca.is_some() {
-                problems.push(Problem::new(
-                    &key("client_ca"),
-                    "needs tls_cert and tls_key: client certificates are a TLS feature",
-                ));
-            }
-            None
-        }
-        (Some(_), None) => {
-            problems.push(Problem::new(
-                &key("tls_key"),
-                "is required when tls_cert is set",
-            ));
-            None
-        }
-        (None, Some(_)) => {
-            problems.push(Problem::new(
-                &key("tls_cert"),
-                "is required when tls_key is set",
-            ));
-            None
-        }
-    }
-}
-
 fn token_policy(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TokenPolicy> {
-    let audiences: Vec<String> = match raw.list("tokens.audiences") {
+    let audiences: Vec<String> = match raw.list(Key::Audiences) {
         Some(list) => list.to_vec(),
         None => DEFAULT_AUDIENCES.iter().map(|s| s.to_string()).collect(),
     };
     if audiences.is_empty() {
-        problems.push(Problem::new(
-            "tokens.audiences",
+        problems.push(Problem::at(
+            Key::Audiences,
             "must list at least one audience",
         ));
     }
     let default_text = raw
-        .str("tokens.default_audience")
+        .str(Key::DefaultAudience)
         .unwrap_or("vault.workload.identity");
     let default_audience = match Audience::parse(default_text) {
         Ok(aud) => Some(aud),
         Err(why) => {
-            problems.push(Problem::new("tokens.default_audience", why));
+            problems.push(Problem::at(Key::DefaultAudience, why));
             None
         }
     };
     let default_ttl = raw
-        .duration("tokens.default_ttl")
+        .duration(Key::DefaultTtl)
         .unwrap_or(Duration::from_secs(2 * 3600));
     let max_ttl = raw
-        .duration("tokens.max_ttl")
+        .duration(Key::MaxTtl)
         .unwrap_or(Duration::from_secs(24 * 3600));
     if default_ttl < Duration::from_secs(1) {
-        problems.push(Problem::new("tokens.default_ttl", "must be at least 1s"));
+        problems.push(Problem::at(Key::DefaultTtl, "must be at least 1s"));
     }
     if default_ttl > max_ttl {
-        problems.push(Problem::new(
-            "tokens.default_ttl",
+        problems.push(Problem::at(
+            Key::DefaultTtl,
             "must not exceed tokens.max_ttl",
         ));
     }
@@ -368,8 +251,8 @@ fn token_policy(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TokenPolicy> {
         max_ttl,
     };
     if !policy.allows(policy.default_audience.as_str()) {
-        problems.push(Problem::new(
-            "tokens.default_audience",
+        problems.push(Problem::at(
+            Key::DefaultAudience,
             "must match one of tokens.audiences",
         ));
     }
@@ -377,61 +260,62 @@ fn token_policy(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TokenPolicy> {
 }
 
 fn keys(raw: &Raw, problems: &mut Vec<Problem>) -> Option<KeysConfig> {
-    let store = match raw.str("keys.store").unwrap_or("file") {
+    let store = match raw.str(Key::KeysStore).unwrap_or("file") {
         "file" => Some(StoreKind::File),
         other => {
-            problems.push(Problem::new(
-                "keys.store",
+            problems.push(Problem::at(
+                Key::KeysStore,
                 format!("{other:?} is not supported by this build (use \"file\"; the Vault transit store is not built yet)"),
             ));
             None
         }
     };
-    let rsa_bits = raw.int("keys.rsa_bits").unwrap_or(2048);
-    if ![2048, 3072, 4096].contains(&rsa_bits) {
-        problems.push(Problem::new("keys.rsa_bits", "must be 2048, 3072 or 4096"));
-    }
+    let rsa_bits = match raw.int(Key::RsaBits).map(RsaBits::try_from) {
+        None => Some(RsaBits::default()),
+        Some(Ok(bits)) => Some(bits),
+        Some(Err(e)) => {
+            problems.push(Problem::at(Key::RsaBits, e));
+            None
+        }
+    };
     let rotation_period = raw
-        .duration("keys.rotation_period")
+        .duration(Key::RotationPeriod)
         .unwrap_or(Duration::from_secs(24 * 3600));
     if rotation_period < Duration::from_secs(4) {
-        problems.push(Problem::new("keys.rotation_period", "must be at least 4s"));
+        problems.push(Problem::at(Key::RotationPeriod, "must be at least 4s"));
     }
-    let dir = raw.str("keys.dir").unwrap_or("keys");
+    let dir = raw.str(Key::KeysDir).unwrap_or("keys");
     if dir.is_empty() {
-        problems.push(Problem::new("keys.dir", "must not be empty"));
+        problems.push(Problem::at(Key::KeysDir, "must not be empty"));
     }
     Some(KeysConfig {
         store: store?,
         dir: PathBuf::from(dir),
-        rsa_bits: rsa_bits as usize,
+        rsa_bits: rsa_bits?,
         rotation_period,
     })
 }
 
-fn issuer(raw: &Raw, discovery: &ListenerConfig, problems: &mut Vec<Problem>) -> Option<String> {
+fn issuer(raw: &Raw, discovery: &ListenerConfig, problems: &mut Vec<Problem>) -> Option<Issuer> {
     let on_loopback = is_loopback(discovery.listen.ip());
-    let Some(text) = raw.str("issuer") else {
-        if on_loopback {
+    let parsed = match raw.str(Key::Issuer) {
+        Some(text) => Issuer::parse_for(text, on_loopback || discovery.insecure_http),
+        None if on_loopback => {
             let scheme = if discovery.tls.is_some() {
                 "https"
             } else {
                 "http"
             };
-            return Some(format!("{scheme}://{}", discovery.listen));
+            Issuer::parse(&format!("{scheme}://{}", discovery.listen))
         }
-        problems.push(Problem::new("issuer", "is required when the discovery listener is not on loopback (e.g. \"https://tfe.example.com\")"));
-        return None;
+        None => {
+            problems.push(Problem::at(Key::Issuer, "is required when the discovery listener is not on loopback (e.g. \"https://tfe.example.com\")"));
+            return None;
+        }
     };
-    match check_issuer(text) {
-        Err(why) => problems.push(Problem::new("issuer", why)),
-        Ok(false) if !on_loopback && !discovery.insecure_http => problems.push(Problem::new(
-            "issuer",
-            "http:// is allowed only when the discovery listener is on loopback (or discovery.insecure_http = true); use https://",
-        )),
-        Ok(_) => {}
-    }
-    Some(text.to_owned())
+    parsed
+        .map_err(|e| problems.push(Problem::at(Key::Issuer, e)))
+        .ok()
 }
 
 #[cfg(test)]
@@ -480,6 +364,17 @@ mod tests {
             "issuer",
         ] {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn rsa_bits_is_one_of_three_sizes_and_never_falls_back() {
+        assert_eq!(load("", &[]).unwrap().keys.rsa_bits, RsaBits::Rsa2048);
+        let config = load("[keys]\nrsa_bits = 4096\n", &[]).unwrap();
+        assert_eq!(config.keys.rsa_bits, RsaBits::Rsa4096);
+        for bits in ["1024", "2047", "8192"] {
+            let env = [("TFE_OIDC_KEYS_RSA_BITS", bits)];
+            assert_eq!(load("", &env).unwrap_err(), ["keys.rsa_bits"], "{bits}");
         }
     }
 

@@ -1,8 +1,8 @@
 //! The raw configuration: the TOML document with `TFE_OIDC_*` environment overrides applied.
 //!
-//! This module owns the schema (every key, its type, its environment variable) and turns text into
-//! typed values, collecting every problem instead of stopping at the first. It knows nothing of what
-//! the values mean together: cross-key rules live in `config/mod.rs`.
+//! This module turns text into values of each key's [`Kind`] (the keys themselves are `schema.rs`'s),
+//! collecting every problem instead of stopping at the first. It knows nothing of what the values
+//! mean together: cross-key rules live in `config/mod.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,50 +10,7 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::Problem;
-
-/// The type of one configuration key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Str,
-    Duration,
-    Size,
-    Int,
-    Bool,
-    StrList,
-}
-
-/// Every key the configuration accepts, as a dotted path, with its type.
-pub const SCHEMA: &[(&str, Kind)] = &[
-    ("issuer", Kind::Str),
-    ("discovery.listen", Kind::Str),
-    ("discovery.tls_cert", Kind::Str),
-    ("discovery.tls_key", Kind::Str),
-    ("discovery.client_ca", Kind::Str),
-    ("discovery.allow", Kind::StrList),
-    ("discovery.jwks_max_age", Kind::Duration),
-    ("discovery.insecure_http", Kind::Bool),
-    ("discovery.max_connections", Kind::Int),
-    ("api.listen", Kind::Str),
-    ("api.tls_cert", Kind::Str),
-    ("api.tls_key", Kind::Str),
-    ("api.client_ca", Kind::Str),
-    ("api.allow", Kind::StrList),
-    ("api.insecure_http", Kind::Bool),
-    ("api.max_connections", Kind::Int),
-    ("api.tokens_file", Kind::Str),
-    ("api.max_body", Kind::Size),
-    ("tokens.default_audience", Kind::Str),
-    ("tokens.audiences", Kind::StrList),
-    ("tokens.default_ttl", Kind::Duration),
-    ("tokens.max_ttl", Kind::Duration),
-    ("keys.store", Kind::Str),
-    ("keys.dir", Kind::Str),
-    ("keys.rsa_bits", Kind::Int),
-    ("keys.rotation_period", Kind::Duration),
-    ("audit.path", Kind::Str),
-    ("exchange.vault_timeout", Kind::Duration),
-    ("exchange.allowed_vault_addrs", Kind::StrList),
-];
+use super::schema::{Key, Kind, SCHEMA};
 
 /// Environment variables that start with `TFE_OIDC_` but are not configuration keys.
 const NOT_KEYS: &[&str] = &[
@@ -66,9 +23,31 @@ const NOT_KEYS: &[&str] = &[
     "TFE_OIDC_TEST_THREADS",
 ];
 
-/// The environment variable that overrides `path`: `keys.dir` → `TFE_OIDC_KEYS_DIR`.
-pub fn env_name(path: &str) -> String {
-    format!("TFE_OIDC_{}", path.replace('.', "_").to_ascii_uppercase())
+/// Why one value could not be read as its key's kind.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    /// The TOML value has another type than the key.
+    #[error("found a {0}")]
+    WrongType(&'static str),
+    /// An item of a TOML array is not a string.
+    #[error("a list item is not a string")]
+    ListItem,
+    #[error("{text:?} is not a duration: {reason}")]
+    Duration {
+        text: String,
+        reason: humantime::DurationError,
+    },
+    #[error("{0:?} is not an integer")]
+    Integer(String),
+    #[error("{0:?} is not a boolean")]
+    Boolean(String),
+    #[error("{0:?} is not a size")]
+    Size(String),
+    #[error("{0:?} has an unknown unit (use B, KiB or MiB)")]
+    SizeUnit(String),
+    /// The size does not fit in 64 bits.
+    #[error("{0:?} is too large")]
+    SizeTooLarge(String),
 }
 
 /// A typed value of one key, as written.
@@ -82,10 +61,10 @@ pub enum RawValue {
     StrList(Vec<String>),
 }
 
-/// The keys that were set, by dotted path, each typed according to the schema.
+/// The keys that were set, each typed according to the schema.
 #[derive(Debug, Default)]
 pub struct Raw {
-    values: BTreeMap<&'static str, RawValue>,
+    values: BTreeMap<Key, RawValue>,
 }
 
 impl Raw {
@@ -103,9 +82,9 @@ impl Raw {
         };
         let mut raw = Raw::default();
         check_unknown_keys(&table, "", problems);
-        for &(path, kind) in SCHEMA {
-            if let Some(value) = lookup(&table, path) {
-                raw.set(path, kind, from_toml(value, kind), problems);
+        for &key in SCHEMA {
+            if let Some(value) = lookup(&table, key.path()) {
+                raw.set(key, from_toml(value, key.kind()), problems);
             }
         }
         raw.apply_env(env, problems);
@@ -117,8 +96,8 @@ impl Raw {
             if !name.starts_with("TFE_OIDC_") || NOT_KEYS.contains(&name.as_str()) {
                 continue;
             }
-            match SCHEMA.iter().find(|(path, _)| env_name(path) == *name) {
-                Some(&(path, kind)) => self.set(path, kind, from_env(text, kind), problems),
+            match Key::from_env(name) {
+                Some(key) => self.set(key, from_env(text, key.kind()), problems),
                 None => problems.push(Problem::new(
                     name,
                     "unknown environment override; see the README's table of configuration keys",
@@ -127,75 +106,65 @@ impl Raw {
         }
     }
 
-    fn set(
-        &mut self,
-        path: &'static str,
-        kind: Kind,
-        parsed: Result<RawValue, String>,
-        problems: &mut Vec<Problem>,
-    ) {
+    fn set(&mut self, key: Key, parsed: Result<RawValue, ValueError>, problems: &mut Vec<Problem>) {
         match parsed {
             Ok(value) => {
-                self.values.insert(path, value);
+                self.values.insert(key, value);
             }
-            Err(why) => problems.push(Problem::new(
-                path,
-                format!("{why} (expected {})", kind_name(kind)),
+            Err(why) => problems.push(Problem::at(
+                key,
+                format!("{why} (expected {})", key.kind().expected()),
             )),
         }
     }
 
-    pub fn str(&self, path: &str) -> Option<&str> {
-        match self.values.get(path) {
-            Some(RawValue::Str(s)) => Some(s),
+    /// The value of `key`, a [`Kind::Str`] key.
+    pub fn str(&self, key: Key) -> Option<&str> {
+        match self.get(key, Kind::Str)? {
+            RawValue::Str(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn duration(&self, path: &str) -> Option<Duration> {
-        match self.values.get(path) {
-            Some(RawValue::Duration(d)) => Some(*d),
+    pub fn duration(&self, key: Key) -> Option<Duration> {
+        match self.get(key, Kind::Duration)? {
+            RawValue::Duration(d) => Some(*d),
             _ => None,
         }
     }
 
-    pub fn size(&self, path: &str) -> Option<u64> {
-        match self.values.get(path) {
-            Some(RawValue::Size(n)) => Some(*n),
+    pub fn size(&self, key: Key) -> Option<u64> {
+        match self.get(key, Kind::Size)? {
+            RawValue::Size(n) => Some(*n),
             _ => None,
         }
     }
 
-    pub fn int(&self, path: &str) -> Option<i64> {
-        match self.values.get(path) {
-            Some(RawValue::Int(n)) => Some(*n),
+    pub fn int(&self, key: Key) -> Option<i64> {
+        match self.get(key, Kind::Int)? {
+            RawValue::Int(n) => Some(*n),
             _ => None,
         }
     }
 
-    pub fn bool(&self, path: &str) -> Option<bool> {
-        match self.values.get(path) {
-            Some(RawValue::Bool(b)) => Some(*b),
+    pub fn bool(&self, key: Key) -> Option<bool> {
+        match self.get(key, Kind::Bool)? {
+            RawValue::Bool(b) => Some(*b),
             _ => None,
         }
     }
 
-    pub fn list(&self, path: &str) -> Option<&[String]> {
-        match self.values.get(path) {
-            Some(RawValue::StrList(l)) => Some(l),
+    pub fn list(&self, key: Key) -> Option<&[String]> {
+        match self.get(key, Kind::StrList)? {
+            RawValue::StrList(l) => Some(l),
             _ => None,
         }
     }
-}
 
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Str => "a string",
-        Kind::Duration => "a duration such as \"90s\", \"20m\", \"24h\" or \"30d\"",
-        Kind::Size => "a size such as \"64KiB\" or \"1MiB\"",
-        Kind::Int => "an integer",
-        Kind::Bool => "true or false",
-        Kind::StrList => "a list of strings",
+    /// Reading a key as another kind than the schema's is a bug: it would always read as unset.
+    fn get(&self, key: Key, kind: Kind) -> Option<&RawValue> {
+        debug_assert_eq!(key.kind(), kind, "{key:?} is read as the wrong kind");
+        self.values.get(&key)
     }
 }
 
@@ -209,16 +178,16 @@ fn lookup<'a>(table: &'a Table, path: &str) -> Option<&'a Value> {
 }
 
 fn check_unknown_keys(table: &Table, prefix: &str, problems: &mut Vec<Problem>) {
-    for (key, value) in table {
+    for (name, value) in table {
         let path = if prefix.is_empty() {
-            key.clone()
+            name.clone()
         } else {
-            format!("{prefix}.{key}")
+            format!("{prefix}.{name}")
         };
-        let is_leaf = SCHEMA.iter().any(|(p, _)| *p == path);
+        let is_leaf = Key::from_path(&path).is_some();
         let is_section = SCHEMA
             .iter()
-            .any(|(p, _)| p.starts_with(&format!("{path}.")));
+            .any(|key| key.path().starts_with(&format!("{path}.")));
         match value {
             Value::Table(inner) if is_section => check_unknown_keys(inner, &path, problems),
             _ if is_leaf => {}
@@ -231,7 +200,7 @@ fn check_unknown_keys(table: &Table, prefix: &str, problems: &mut Vec<Problem>) 
     }
 }
 
-fn from_toml(value: &Value, kind: Kind) -> Result<RawValue, String> {
+fn from_toml(value: &Value, kind: Kind) -> Result<RawValue, ValueError> {
     match (kind, value) {
         (Kind::Str, Value::String(s)) => Ok(RawValue::Str(s.clone())),
         (Kind::Duration | Kind::Size, Value::String(s)) => from_env(s, kind),
@@ -240,33 +209,32 @@ fn from_toml(value: &Value, kind: Kind) -> Result<RawValue, String> {
         (Kind::Size, Value::Integer(n)) if *n >= 0 => Ok(RawValue::Size(*n as u64)),
         (Kind::StrList, Value::Array(items)) => items
             .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| "a list item is not a string".to_owned())
-            })
+            .map(|item| item.as_str().map(str::to_owned).ok_or(ValueError::ListItem))
             .collect::<Result<_, _>>()
             .map(RawValue::StrList),
-        (_, other) => Err(format!("found a {}", other.type_str())),
+        (_, other) => Err(ValueError::WrongType(other.type_str())),
     }
 }
 
-fn from_env(text: &str, kind: Kind) -> Result<RawValue, String> {
+fn from_env(text: &str, kind: Kind) -> Result<RawValue, ValueError> {
     let text = text.trim();
     match kind {
         Kind::Str => Ok(RawValue::Str(text.to_owned())),
         Kind::Duration => humantime::parse_duration(text)
             .map(RawValue::Duration)
-            .map_err(|e| format!("{text:?} is not a duration: {e}")),
+            .map_err(|reason| ValueError::Duration {
+                text: text.to_owned(),
+                reason,
+            }),
         Kind::Size => parse_size(text).map(RawValue::Size),
         Kind::Int => text
             .parse()
             .map(RawValue::Int)
-            .map_err(|_| format!("{text:?} is not an integer")),
+            .map_err(|_| ValueError::Integer(text.to_owned())),
         Kind::Bool => match text {
             "true" | "1" => Ok(RawValue::Bool(true)),
             "false" | "0" => Ok(RawValue::Bool(false)),
-            _ => Err(format!("{text:?} is not a boolean")),
+            _ => Err(ValueError::Boolean(text.to_owned())),
         },
         Kind::StrList => Ok(RawValue::StrList(
             text.split(',')
@@ -279,25 +247,25 @@ fn from_env(text: &str, kind: Kind) -> Result<RawValue, String> {
 }
 
 /// Parses `64KiB`, `1MiB`, `512B`, `1000` (bytes).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a size"))?;
+        .map_err(|_| ValueError::Size(text.to_owned()))?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
-        _ => return Err(format!("{text:?} has an unknown unit (use B, KiB or MiB)")),
+        _ => return Err(ValueError::SizeUnit(text.to_owned())),
     };
     number
         .checked_mul(factor)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| ValueError::SizeTooLarge(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -323,8 +291,8 @@ mod tests {
             ],
         );
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(raw.str("keys.dir"), Some("b"));
-        assert_eq!(raw.list("tokens.audiences").unwrap(), ["x", "y"]);
+        assert_eq!(raw.str(Key::KeysDir), Some("b"));
+        assert_eq!(raw.list(Key::Audiences).unwrap(), ["x", "y"]);
     }
 
     #[test]
@@ -345,6 +313,13 @@ mod tests {
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("2MiB"), Ok(2 << 20));
         assert_eq!(parse_size("17"), Ok(17));
-        assert!(parse_size("1GiB").is_err());
+        assert_eq!(
+            parse_size("1GiB").unwrap_err().to_string(),
+            "\"1GiB\" has an unknown unit (use B, KiB or MiB)"
+        );
+        assert_eq!(
+            parse_size("99999999999999999999").unwrap_err().to_string(),
+            "\"99999999999999999999\" is not a size"
+        );
     }
 }

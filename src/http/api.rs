@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorCode};
 use super::extract::{Authorized, Keys, StrictJson, Tokens};
 use super::{ApiState, Tracked};
-use crate::keys::manager::KeyManager;
+use crate::keys::manager::{KeyManager, ManagerError};
 use crate::keys::{KeyState, Kid, Listing, listing};
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
-use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
+use crate::token::kinds::TokenInput;
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let tracked = Tracked {
@@ -32,6 +32,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         axum::middleware::map_response_with_state(Arc::clone(&state), count_token_errors);
     Router::new()
         .route("/v1/tokens", post(issue_token).layer(count_errors))
+        .route("/v1/credentials", post(super::credentials::exchange))
+        .route(
+            "/v1/credentials/revoke",
+            post(super::credentials::revoke_credentials),
+        )
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/keys/{kid}/revoke", post(revoke_key))
@@ -43,18 +48,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         })
         .with_state(state)
         .layer(tracked)
-}
-
-/// The body of `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    organization: NamedInput,
-    project: NamedInput,
-    workspace: NamedInput,
-    run: RunIdInput,
-    audience: Option<String>,
-    ttl: Option<String>,
 }
 
 /// The answer of `POST /v1/tokens`. Not `Debug`: it holds a token.
@@ -70,19 +63,9 @@ struct TokenResponse {
 async fn issue_token(
     State(state): State<Arc<ApiState>>,
     Authorized { caller, .. }: Authorized<Tokens>,
-    StrictJson(body): StrictJson<TokenBody>,
+    StrictJson(body): StrictJson<TokenInput>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let run = RunContext::parse(&RunInput {
-        organization: body.organization,
-        project: body.project,
-        workspace: body.workspace,
-        run: body.run,
-    })?;
-    let request = TokenRequest {
-        run,
-        audience: body.audience,
-        ttl: body.ttl,
-    };
+    let request = TokenRequest::parse(body)?;
     let checked = state.issuer.check(&request)?;
     let snapshot = state.manager.snapshot();
     let signer = snapshot.signer.as_ref().ok_or_else(|| {
@@ -92,19 +75,20 @@ async fn issue_token(
     })?;
     let issued = state
         .issuer
-        .issue_checked(&request.run, checked, signer, state.manager.now());
+        .issue_checked(&request.subject, checked, signer, state.manager.now());
     state.audit.token_issued(&issued, &caller.name).map_err(|e| {
-        tracing::error!(error = %e, jti = %issued.claims.jti, "audit.path cannot be written: the token was not handed out");
+        tracing::error!(error = %e, jti = %issued.claims.jti(), "audit.path cannot be written: the token was not handed out");
         ApiError::Unavailable(
             "the audit log cannot be written, so no token is handed out; see the server log".into(),
         )
     })?;
-    state.metrics.token_issued(request.run.phase);
-    let c = &issued.claims;
+    let subject = &request.subject;
+    state.metrics.token_issued(subject.kind(), subject.phase());
+    let (issued_at, expires_at) = issued.claims.times();
     Ok(Json(TokenResponse {
-        jti: c.jti.clone(),
-        issued_at: c.iat,
-        expires_at: c.exp,
+        jti: issued.claims.jti().to_owned(),
+        issued_at,
+        expires_at,
         kid: issued.kid,
         token: issued.token,
     }))
@@ -123,6 +107,7 @@ async fn list_keys(State(state): State<Arc<ApiState>>, _: Authorized<Keys>) -> J
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RotateQuery {
     #[serde(default)]
     force: bool,
@@ -133,11 +118,20 @@ async fn rotate_keys(
     Authorized { caller, .. }: Authorized<Keys>,
     query: Result<Query<RotateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Listing>, ApiError> {
-    let Query(query) =
-        query.map_err(|_| ApiError::invalid(Some("force"), "force must be true or false"))?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::invalid(
+            Some("force"),
+            "the only query parameter is force=true or force=false",
+        )
+    })?;
     let manager = Arc::clone(&state.manager);
-    let set = blocking(move || manager.rotate(query.force)).await??;
-    tracing::info!(target: "audit", event = "keys_rotated", caller = %caller.name, force = query.force, "keys rotated");
+    // Audited inside the task: it runs to its end even when the caller goes away.
+    let set = blocking(move || {
+        let set = manager.rotate(query.force)?;
+        tracing::info!(target: "audit", event = "keys_rotated", caller = %caller.name, force = query.force, "keys rotated");
+        Ok::<_, ManagerError>(set)
+    })
+    .await??;
     Ok(Json(listing(&set)))
 }
 
@@ -159,8 +153,12 @@ async fn revoke_key(
         .map_err(|m| ApiError::NotFound(format!("{m}; GET /v1/keys lists the key ids")))?;
     let manager = Arc::clone(&state.manager);
     let revoked = kid.clone();
-    let set = blocking(move || manager.revoke(&revoked)).await??;
-    tracing::warn!(target: "audit", event = "key_revoked", caller = %caller.name, kid = %kid, "key revoked");
+    let set = blocking(move || {
+        let set = manager.revoke(&revoked)?;
+        tracing::warn!(target: "audit", event = "key_revoked", caller = %caller.name, kid = %revoked, "key revoked");
+        Ok::<_, ManagerError>(set)
+    })
+    .await??;
     Ok(Json(Revoked {
         listing: listing(&set),
         revoked: kid,
@@ -230,7 +228,7 @@ mod tests {
     use super::*;
 
     fn field_of(json: &str) -> Option<String> {
-        match parse_object::<TokenBody>(json.as_bytes()) {
+        match parse_object::<TokenInput>(json.as_bytes()) {
             Err(ApiError::InvalidRequest { field, .. }) => field,
             other => panic!("expected a 400, got {:?}", other.err()),
         }
@@ -255,7 +253,7 @@ mod tests {
     #[test]
     fn only_one_object_is_a_body() {
         const VALID: &str = r#"{"organization":{"id":"org-a","name":"a"},"project":{"id":"prj-a","name":"p"},"workspace":{"id":"ws-a","name":"w"},"run":{"id":"run-a","phase":"plan"}}"#;
-        assert!(parse_object::<TokenBody>(VALID.as_bytes()).is_ok());
+        assert!(parse_object::<TokenInput>(VALID.as_bytes()).is_ok());
         for bad in [
             format!("{VALID} xyz"),
             format!("{VALID}{VALID}"),

@@ -1,4 +1,4 @@
-//! Bearer authentication of the API listener (SPEC §7).
+//! Bearer authentication of the API listener (docs/reference.md §4).
 //!
 //! The tokens file holds lines `sha256:<hex> <name> [scope,...]`; bearer tokens are never stored
 //! in clear. A presented token is hashed and compared in constant time against every digest. With
@@ -78,27 +78,80 @@ impl fmt::Debug for BearerToken {
     }
 }
 
+/// What is wrong with a tokens file. Messages name the file and line, never a digest.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    /// A line is not `sha256:<hex> <name> [scope,...]`.
+    #[error("line {number}: {why}")]
+    Line { number: usize, why: LineError },
+    /// No line names a token.
+    #[error("no tokens: add a line made by `tfe-oidc api-token new`")]
+    Empty,
+    /// Not a regular file (a FIFO would block the reload that opens it).
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    /// Someone else could add a token: the file is writable by group or others, or owned by
+    /// another user.
+    #[error("{path} could be changed by another user: {fix}")]
+    Insecure { path: PathBuf, fix: String },
+    /// Any of the above, in the file at `path`.
+    #[error("{path}: {source}")]
+    In {
+        path: PathBuf,
+        source: Box<TokensFileError>,
+    },
+}
+
+/// What is wrong with one line of a tokens file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("must start with sha256:<64 hex digits>")]
+    NoDigest,
+    #[error("the digest must be 64 hex digits")]
+    BadDigest,
+    #[error("a caller name must follow the digest")]
+    NoName,
+    #[error("unknown scope {0:?}: use tokens, credentials or keys")]
+    UnknownScope(String),
+    #[error("too many fields: expected `sha256:<hex> <name> [scope,...]`")]
+    TooManyFields,
+}
+
 impl ApiTokens {
     /// Parses a tokens file's text; errors name the line.
-    pub fn parse(text: &str) -> Result<ApiTokens, String> {
+    pub fn parse(text: &str) -> Result<ApiTokens, TokensFileError> {
         let mut entries = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            entries.push(parse_line(line).map_err(|m| format!("line {}: {m}", number + 1))?);
+            let entry = parse_line(line).map_err(|why| TokensFileError::Line {
+                number: number + 1,
+                why,
+            })?;
+            entries.push(entry);
         }
         if entries.is_empty() {
-            return Err("no tokens: add a line made by `tfe-oidc api-token new`".into());
+            return Err(TokensFileError::Empty);
         }
         Ok(ApiTokens { entries })
     }
 
-    pub fn load(path: &Path) -> Result<ApiTokens, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        ApiTokens::parse(&text).map_err(|m| format!("{}: {m}", path.display()))
+    pub fn load(path: &Path) -> Result<ApiTokens, TokensFileError> {
+        let read = |source| TokensFileError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        check_tokens_file(path, &std::fs::metadata(path).map_err(read)?)?;
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        ApiTokens::parse(&text).map_err(|e| TokensFileError::In {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
     }
 
     /// The caller whose token this is, comparing against every digest in constant time.
@@ -114,29 +167,46 @@ impl ApiTokens {
     }
 }
 
-fn parse_line(line: &str) -> Result<Entry, String> {
+/// A tokens file decides who may mint tokens: like OpenSSH's StrictModes, refuse one that
+/// another user could write.
+fn check_tokens_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensFileError> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Err(TokensFileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    let fix = if meta.uid() != euid {
+        format!("run `chown {euid} {}`", path.display())
+    } else if meta.mode() & 0o022 != 0 {
+        format!("run `chmod go-w {}`", path.display())
+    } else {
+        return Ok(());
+    };
+    Err(TokensFileError::Insecure {
+        path: path.to_owned(),
+        fix,
+    })
+}
+
+fn parse_line(line: &str) -> Result<Entry, LineError> {
     let mut fields = line.split_whitespace();
     let digest_text = fields.next().unwrap_or_default();
     let hex_text = digest_text
         .strip_prefix("sha256:")
-        .ok_or("must start with sha256:<64 hex digits>")?;
-    let digest = decode_hex32(hex_text).ok_or("the digest must be 64 hex digits")?;
-    let name = fields
-        .next()
-        .ok_or("a caller name must follow the digest")?
-        .to_owned();
+        .ok_or(LineError::NoDigest)?;
+    let digest = decode_hex32(hex_text).ok_or(LineError::BadDigest)?;
+    let name = fields.next().ok_or(LineError::NoName)?.to_owned();
     let scopes = match fields.next() {
         None => Scope::ALL.to_vec(),
         Some(list) => list
             .split(',')
-            .map(|s| {
-                Scope::parse(s)
-                    .ok_or_else(|| format!("unknown scope {s:?}: use tokens, credentials or keys"))
-            })
+            .map(|s| Scope::parse(s).ok_or_else(|| LineError::UnknownScope(s.to_owned())))
             .collect::<Result<_, _>>()?,
     };
     if fields.next().is_some() {
-        return Err("too many fields: expected `sha256:<hex> <name> [scope,...]`".into());
+        return Err(LineError::TooManyFields);
     }
     Ok(Entry {
         digest,
@@ -226,12 +296,15 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_their_line() {
-        let err = ApiTokens::parse("# comment\nsha256:zz name\n").unwrap_err();
+        let err = ApiTokens::parse("# comment\nsha256:zz name\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("line 2:"), "{err}");
         let digest = "0".repeat(64);
         assert!(
             ApiTokens::parse(&format!("sha256:{digest} n bogus"))
                 .unwrap_err()
+                .to_string()
                 .contains("unknown scope")
         );
         assert_eq!(

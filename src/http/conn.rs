@@ -146,9 +146,13 @@ impl Phase {
     fn wake_at(self, activity: &Activity, accepted: Instant) -> Instant {
         let now = Instant::now();
         match self {
+            // A request in flight cannot be idle for a whole timeout before the next look, so a
+            // busy connection wakes its watchdog once per timeout, not per request.
             Phase::Open => activity
                 .idle_since(accepted)
-                .map_or(now + TICK, |idle| (idle + REQUEST_TIMEOUT).max(now)),
+                .map_or(now + REQUEST_TIMEOUT, |idle| {
+                    (idle + REQUEST_TIMEOUT).max(now)
+                }),
             Phase::Draining { .. } | Phase::Closing { .. } => now + TICK,
         }
     }

@@ -1,4 +1,4 @@
-//! The one mapping from API errors to HTTP status, stable error code and JSON body (SPEC §7).
+//! The one mapping from API errors to HTTP status, stable error code and JSON body (docs/reference.md §4).
 //!
 //! Every `/v1` handler returns `ApiError`; `IntoResponse` below is the only place a status is
 //! chosen. A 4xx says what is wrong and how to fix it, naming the field; a 5xx says nothing of
@@ -8,8 +8,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::exchange::ExchangeError;
 use crate::keys::manager::ManagerError;
 use crate::token::claims::FieldError;
+use crate::token::kinds::InputError;
+use crate::token::stack::StackError;
 
 /// An error answered by the API listener.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,9 @@ pub enum ApiError {
     /// The body is not JSON (415).
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// A Vault call failed (502): the step, the configuration and Vault's own error text.
+    #[error("{0}")]
+    Upstream(String),
     /// The body did not arrive within the request timeout (408); the connection is closed.
     #[error("the request body did not arrive within 10s: send the whole body at once")]
     RequestTimeout,
@@ -76,6 +82,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -92,6 +99,17 @@ impl From<FieldError> for ApiError {
     }
 }
 
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> ApiError {
+        match e {
+            InputError::Field(e) | InputError::Stack(StackError::Field(e)) => e.into(),
+            InputError::Stack(e @ StackError::SubjectTooLong(_)) => {
+                ApiError::invalid(None, e.to_string())
+            }
+        }
+    }
+}
+
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> ApiError {
         match e {
@@ -100,6 +118,24 @@ impl From<ManagerError> for ApiError {
                 "no key with kid {kid} is in the key set; GET /v1/keys lists them"
             )),
             ManagerError::Store(e) => ApiError::Internal(format!("key store: {e}")),
+        }
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> ApiError {
+        match e {
+            ExchangeError::Variable(v) => ApiError::InvalidRequest {
+                field: Some(format!("variables.{}", v.variable)),
+                message: v.to_string(),
+            },
+            ExchangeError::Body { field, message } => ApiError::InvalidRequest {
+                message: format!("{field}: {message}"),
+                field: Some(field),
+            },
+            e @ ExchangeError::NotAllowed { .. } => ApiError::Forbidden(e.to_string()),
+            e @ ExchangeError::Vault { .. } => ApiError::Upstream(e.to_string()),
+            ExchangeError::Unavailable(message) => ApiError::Unavailable(message),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The discovery listener's routes (SPEC §5): the two documents, with strong ETags,
+//! The discovery listener's routes (docs/reference.md §3): the two documents, with strong ETags,
 //! `If-None-Match` → 304, cache headers and HEAD; `/healthz`; 404 for anything else and 405 for
 //! other methods. The bytes come pre-rendered: the configuration once at start, the JWKS by the
 //! key manager once per key set.

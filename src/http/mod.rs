@@ -1,7 +1,8 @@
 //! The two HTTP listeners: the state they share, the accept loop and graceful shutdown.
 //!
-//! - `internal.rs`: the discovery listener's routes (SPEC §5).
-//! - `api.rs`: the authenticated API's routes (SPEC §7); `auth.rs` its bearer tokens.
+//! - `internal.rs`: the discovery listener's routes (docs/reference.md §3).
+//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens;
+//!   `credentials.rs` the credential exchange's routes; `extract.rs` the caller and body extractors.
 //! - `error.rs`: the one API error → status mapping. `tls.rs`: rustls configuration.
 //!
 //! `serve` owns a listening socket: it refuses peers outside the allow list before any byte is
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod credentials;
 pub mod error;
 pub mod extract;
 pub mod internal;
@@ -58,6 +60,8 @@ pub struct ApiState {
     pub api_tokens: Reloadable<ApiTokens>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
+    /// The credential exchange: Vault pools and the `[exchange]` settings.
+    pub exchanger: crate::exchange::Exchanger,
     pub max_body: usize,
 }
 
@@ -131,6 +135,7 @@ pub async fn serve(
         permits: Arc::new(Semaphore::new(max_connections)),
         metrics,
         shutdown: shutdown.clone(),
+        refusals_logged: LogBudget::default(),
     };
     let mut connections = JoinSet::new();
     let mut stop = shutdown;
@@ -174,6 +179,30 @@ struct Admission {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    refusals_logged: LogBudget,
+}
+
+/// At most one log line a second for refused connections, so that a flood cannot fill the
+/// disk with logs; the metrics count every refusal.
+#[derive(Default)]
+struct LogBudget {
+    second: std::cell::Cell<u64>,
+    suppressed: std::cell::Cell<u64>,
+}
+
+impl LogBudget {
+    /// `Some(lines suppressed since the last one)` when a line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now == self.second.get() {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.second.set(now);
+        Some(self.suppressed.replace(0))
+    }
 }
 
 impl Admission {
@@ -188,12 +217,16 @@ impl Admission {
             if name == "discovery" {
                 self.metrics.discovery_refused();
             }
-            tracing::warn!(listener = name, peer = %peer, "connection from a peer outside the allow list closed");
+            if let Some(suppressed) = self.refusals_logged.allow() {
+                tracing::warn!(listener = name, peer = %peer, suppressed, "connection from a peer outside the allow list closed");
+            }
             return;
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.metrics.connection_refused(name);
-            tracing::warn!(listener = name, peer = %peer, limit = self.max_connections, "connection limit reached: connection closed");
+            if let Some(suppressed) = self.refusals_logged.allow() {
+                tracing::warn!(listener = name, peer = %peer, limit = self.max_connections, suppressed, "connection limit reached: connection closed");
+            }
             return;
         };
         let _ = stream.set_nodelay(true);

@@ -4,7 +4,7 @@
 //! certificate and, with `client_ca`, requiring client certificates from that CA. Errors name the
 //! configuration key at fault so that `check-config` and `serve` can list them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -22,7 +22,26 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A rustls server configuration for `files`; `section` names the config section in errors.
 pub fn server_config(section: &str, files: &TlsFiles) -> Result<Arc<ServerConfig>, Problem> {
     let key_of = |name: &str| format!("{section}.{name}");
-    let chain = read_certs(&files.cert).map_err(|m| Problem::new(&key_of("tls_cert"), m))?;
+    // A FIFO or device would block the (re)load that opens it.
+    for (name, path) in [
+        ("tls_cert", Some(&files.cert)),
+        ("tls_key", Some(&files.key)),
+    ]
+    .into_iter()
+    .chain([("client_ca", files.client_ca.as_ref())])
+    {
+        if let Some(path) = path
+            && !std::fs::metadata(path).is_ok_and(|m| m.is_file())
+        {
+            return Err(Problem::new(
+                &key_of(name),
+                format!("{} is not a readable regular file", path.display()),
+            ));
+        }
+    }
+    warn_if_world_readable(&files.key);
+    let chain =
+        read_certs(&files.cert).map_err(|e| Problem::new(&key_of("tls_cert"), e.to_string()))?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         Problem::new(
             &key_of("tls_key"),
@@ -36,7 +55,9 @@ pub fn server_config(section: &str, files: &TlsFiles) -> Result<Arc<ServerConfig
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(ca).map_err(|m| Problem::new(&key_of("client_ca"), m))? {
+            let certs =
+                read_certs(ca).map_err(|e| Problem::new(&key_of("client_ca"), e.to_string()))?;
+            for cert in certs {
                 roots.add(cert).map_err(|e| {
                     Problem::new(&key_of("client_ca"), format!("{}: {e}", ca.display()))
                 })?;
@@ -62,12 +83,38 @@ pub fn server_config(section: &str, files: &TlsFiles) -> Result<Arc<ServerConfig
     Ok(Arc::new(config))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why a PEM certificate file could not be used.
+#[derive(Debug, thiserror::Error)]
+enum CertFileError {
+    #[error("{path}: {source}")]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path}: no PEM certificate found")]
+    Empty { path: PathBuf },
+}
+
+/// A private key others can read is worth a warning at every (re)load; it is not refused, as
+/// keys shared with a group through a 0640 mode are common.
+fn warn_if_world_readable(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o007 != 0) {
+        tracing::warn!(path = %path.display(), "the TLS private key is readable by other users: run `chmod o-rwx` on it");
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertFileError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<_, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| CertFileError::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
+        return Err(CertFileError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }

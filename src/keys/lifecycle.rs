@@ -1,4 +1,4 @@
-//! The key lifecycle rules of SPEC §4, as pure functions from one `KeySet` to the next.
+//! The key lifecycle rules of docs/reference.md §7, as pure functions from one `KeySet` to the next.
 //!
 //! next → current → retired → removed. Nothing here touches files, clocks or locks: the manager
 //! decides when, the store makes it durable. Keeping the rules pure lets the tests walk through

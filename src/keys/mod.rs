@@ -1,5 +1,5 @@
 //! Signing keys: what a key is (`Kid`, `PublicJwk`, `KeyInfo`), the key set and its lifecycle
-//! states (SPEC §4).
+//! states (docs/reference.md §7).
 //!
 //! - `clock.rs`: the injected clock.
 //! - `lifecycle.rs`: the pure rules (rotate, expire, revoke) that turn one `KeySet` into the next.
@@ -36,7 +36,7 @@ impl Kid {
     }
 
     /// Accepts only the thumbprint form, so a kid can name a file safely.
-    pub fn parse(text: &str) -> Result<Kid, String> {
+    pub fn parse(text: &str) -> Result<Kid, NotAKid> {
         let ok = text.len() == 43
             && text
                 .bytes()
@@ -44,16 +44,19 @@ impl Kid {
         if ok {
             Ok(Kid(text.to_owned()))
         } else {
-            Err(format!(
-                "{text:?} is not a key id (43 base64url characters)"
-            ))
+            Err(NotAKid(text.chars().take(64).collect()))
         }
     }
 }
 
+/// Text that is not a key id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a key id (43 base64url characters)")]
+pub struct NotAKid(String);
+
 impl TryFrom<String> for Kid {
-    type Error = String;
-    fn try_from(text: String) -> Result<Kid, String> {
+    type Error = NotAKid;
+    fn try_from(text: String) -> Result<Kid, NotAKid> {
         Kid::parse(&text)
     }
 }
@@ -182,27 +185,40 @@ impl KeySet {
 
     /// Checks the set's own invariants: at most one next and one current, unique kids that are
     /// their thumbprints, retired keys with a `verify_until`.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SetError> {
         let count = |s| self.keys.iter().filter(|k| k.state == s).count();
         if count(KeyState::Current) > 1 || count(KeyState::Next) > 1 {
-            return Err("more than one current or next key".into());
+            return Err(SetError::TwoInOneState);
         }
         let mut kids: Vec<&Kid> = self.keys.iter().map(|k| &k.kid).collect();
         kids.sort();
         kids.dedup();
         if kids.len() != self.keys.len() {
-            return Err("duplicate kid".into());
+            return Err(SetError::DuplicateKid);
         }
         for key in &self.keys {
             if key.jwk.thumbprint() != key.kid {
-                return Err(format!("kid {} is not the thumbprint of its key", key.kid));
+                return Err(SetError::NotItsThumbprint(key.kid.clone()));
             }
             if key.state == KeyState::Retired && key.verify_until.is_none() {
-                return Err(format!("retired key {} has no verify_until", key.kid));
+                return Err(SetError::RetiredWithoutEnd(key.kid.clone()));
             }
         }
         Ok(())
     }
+}
+
+/// A key set that breaks its own invariants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("more than one current or next key")]
+    TwoInOneState,
+    #[error("duplicate kid")]
+    DuplicateKid,
+    #[error("kid {0} is not the thumbprint of its key")]
+    NotItsThumbprint(Kid),
+    #[error("retired key {0} has no verify_until")]
+    RetiredWithoutEnd(Kid),
 }
 
 /// The private half of a key, parsed once, able to sign. Its `Debug` shows only the kid.

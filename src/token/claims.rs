@@ -1,27 +1,16 @@
-//! A run's identity and the claims it becomes (SPEC §6).
+//! A workspace run's identity and the claims it becomes.
 //!
-//! Every input is checked here so that no claim can be forged through another: names cannot hold
-//! `:`, `*` or control characters (Vault's glob `*` also matches `:`), IDs carry their prefix, the
-//! phase is `plan` or `apply`. Once a `RunContext` exists, the claims built from it are safe.
+//! Every input is checked through the shared rules of `input.rs`, so that no claim can be forged
+//! through another: names cannot hold `:`, `*`, control or non-ASCII characters, IDs carry their
+//! prefix, the phase is `plan` or `apply`. Once a `RunContext` exists, the claims built from it are
+//! safe. The other kinds (module tests, Stacks deployments) live in `module_test.rs` and
+//! `stack.rs`; `kinds.rs` chooses among them.
 
 use serde::{Deserialize, Serialize};
 
-/// One input that is not acceptable, named by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: &str, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.to_owned(),
-            message: message.into(),
-        }
-    }
-}
+pub use super::input::FieldError;
+use super::input::{prefixed_id, project_name, simple_name, truncate};
+pub use super::kinds::CLAIM_NAMES;
 
 /// The run phase a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +52,14 @@ impl Audience {
         if text.is_empty() || text.len() > 256 {
             return Err("an audience must be 1 to 256 characters".into());
         }
-        if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("an audience must not contain whitespace or control characters".into());
+        // Printable ASCII only: a verifier compares audiences byte for byte, and look-alike or
+        // bidirectional-control characters would make two audiences that read the same differ.
+        // `*` is the allowlist's wildcard, never part of an audience.
+        if !text.bytes().all(|b| b.is_ascii_graphic() && b != b'*') {
+            return Err(
+                "an audience must be printable ASCII, without whitespace, control characters or `*` (e.g. vault.workload.identity)"
+                    .into(),
+            );
         }
         Ok(Audience(text.to_owned()))
     }
@@ -144,7 +139,7 @@ impl RunContext {
     }
 }
 
-/// The claims of a run identity token, in TFE's order.
+/// The claims of a workspace run token, in TFE's order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     pub jti: String,
@@ -164,26 +159,6 @@ pub struct Claims {
     pub terraform_run_id: String,
     pub terraform_run_phase: RunPhase,
 }
-
-/// Every claim name, for the discovery document's `claims_supported`.
-pub const CLAIM_NAMES: &[&str] = &[
-    "jti",
-    "iss",
-    "aud",
-    "iat",
-    "nbf",
-    "exp",
-    "sub",
-    "terraform_organization_id",
-    "terraform_organization_name",
-    "terraform_project_id",
-    "terraform_project_name",
-    "terraform_workspace_id",
-    "terraform_workspace_name",
-    "terraform_full_workspace",
-    "terraform_run_id",
-    "terraform_run_phase",
-];
 
 /// How many seconds `nbf` is before `iat`, for verifiers whose clock is slightly behind.
 pub const NBF_SKEW_SECS: u64 = 5;
@@ -216,87 +191,6 @@ impl Claims {
             terraform_run_phase: run.phase,
         }
     }
-}
-
-const MAX_NAME: usize = 90;
-
-fn simple_name(field: &str, text: &str) -> Result<String, FieldError> {
-    check_length(field, text)?;
-    if let Some(c) = text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{} is not allowed: use letters, digits, '-' and '_' (1 to {MAX_NAME} characters)",
-                describe(c)
-            ),
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn project_name(field: &str, text: &str) -> Result<String, FieldError> {
-    check_length(field, text)?;
-    if let Some(c) = text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ' ')))
-    {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{} is not allowed: use letters, digits, '-', '_' and single inner spaces (1 to {MAX_NAME} characters)",
-                describe(c)
-            ),
-        ));
-    }
-    if text.starts_with(' ') || text.ends_with(' ') || text.contains("  ") {
-        return Err(FieldError::new(
-            field,
-            "spaces are allowed only singly and between other characters",
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn prefixed_id(field: &str, text: &str, prefix: &str) -> Result<String, FieldError> {
-    let rest = text.strip_prefix(prefix).unwrap_or("");
-    let ok = (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric());
-    if !ok {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{:?} is not an ID: use {prefix} followed by 1 to 64 letters or digits",
-                truncate(text)
-            ),
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn check_length(field: &str, text: &str) -> Result<(), FieldError> {
-    if text.is_empty() || text.chars().count() > MAX_NAME {
-        return Err(FieldError::new(
-            field,
-            format!("must be 1 to {MAX_NAME} characters long"),
-        ));
-    }
-    Ok(())
-}
-
-fn describe(c: char) -> String {
-    match c {
-        ':' => "':' (it separates the parts of sub)".into(),
-        '*' => "'*' (Vault's glob wildcard)".into(),
-        c if c.is_control() => format!("the control character U+{:04X}", c as u32),
-        c => format!("{c:?}"),
-    }
-}
-
-/// At most 64 characters of untrusted text, for messages.
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 #[cfg(test)]

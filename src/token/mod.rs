@@ -1,26 +1,45 @@
-//! Run identity tokens: validated requests in, signed RS256 JWTs out (SPEC §6).
+//! Identity tokens: validated requests in, signed RS256 JWTs out.
 //!
-//! `claims.rs` owns the input rules and the claim set; this file applies the token policy
-//! (audience allowlist, TTL bounds) and assembles the compact JWS with the current key. It does
-//! not choose keys (that is the key manager's snapshot) nor speak HTTP.
+//! `input.rs` holds the input rules every kind shares; `claims.rs` (workspace runs),
+//! `module_test.rs` and `stack.rs` each own one kind's context and claim set; `kinds.rs` decides
+//! which kind a request asks for. This file applies the token policy (audience allowlist, each
+//! kind's TTL bounds) and assembles the compact JWS with the current key. It does not choose
+//! keys (that is the key manager's snapshot) nor speak HTTP.
 
 pub mod claims;
+pub mod input;
+pub mod kinds;
+pub mod module_test;
+pub mod stack;
 
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::Serialize;
 
-use crate::config::TokenPolicy;
+use crate::config::{Issuer, TokenPolicy};
 use crate::keys::{Kid, SigningKey, UnixTime};
-use claims::{Audience, Claims, FieldError, RunContext};
+use claims::{Audience, FieldError};
+use kinds::{InputError, Kind, Subject, TokenClaims, TokenInput};
 
 /// A request for one token, validated field by field.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
-    pub run: RunContext,
+    pub subject: Subject,
     pub audience: Option<String>,
     pub ttl: Option<String>,
+}
+
+impl TokenRequest {
+    /// Checks every member of `input` and decides the kind it asks for.
+    pub fn parse(input: TokenInput) -> Result<TokenRequest, InputError> {
+        Ok(TokenRequest {
+            subject: Subject::parse(&input)?,
+            audience: input.audience,
+            ttl: input.ttl,
+        })
+    }
 }
 
 /// A signed token and what callers and the audit log need to know of it. The token logs in to
@@ -29,7 +48,7 @@ pub struct TokenRequest {
 pub struct IssuedToken {
     pub token: String,
     pub kid: Kid,
-    pub claims: Claims,
+    pub claims: TokenClaims,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -45,12 +64,12 @@ impl std::fmt::Debug for IssuedToken {
 /// Applies the token policy and signs.
 #[derive(Debug, Clone)]
 pub struct TokenIssuer {
-    issuer: String,
+    issuer: Issuer,
     policy: TokenPolicy,
 }
 
 impl TokenIssuer {
-    pub fn new(issuer: String, policy: TokenPolicy) -> TokenIssuer {
+    pub fn new(issuer: Issuer, policy: TokenPolicy) -> TokenIssuer {
         TokenIssuer { issuer, policy }
     }
 
@@ -58,9 +77,19 @@ impl TokenIssuer {
         &self.issuer
     }
 
-    /// Checks the audience and TTL of `request` against the policy.
+    /// Checks the audience and TTL of `request` against the policy and its kind's bounds.
     pub fn check(&self, request: &TokenRequest) -> Result<(Audience, Duration), FieldError> {
-        let audience = match &request.audience {
+        let audience = self.audience(request.audience.as_deref())?;
+        let bounds = ttl_bounds(request.subject.kind(), &self.policy);
+        let ttl = match &request.ttl {
+            None => bounds.default,
+            Some(text) => parse_ttl(text)?,
+        };
+        Ok((audience, bounds.check(ttl)?))
+    }
+
+    fn audience(&self, requested: Option<&str>) -> Result<Audience, FieldError> {
+        let audience = match requested {
             None => self.policy.default_audience.clone(),
             Some(text) => Audience::parse(text).map_err(|m| FieldError::new("audience", m))?,
         };
@@ -74,21 +103,7 @@ impl TokenIssuer {
                 ),
             ));
         }
-        let ttl = match &request.ttl {
-            None => self.policy.default_ttl,
-            Some(text) => parse_ttl(text)?,
-        };
-        if ttl > self.policy.max_ttl {
-            return Err(FieldError::new(
-                "ttl",
-                format!(
-                    "{} exceeds the maximum of {} (tokens.max_ttl)",
-                    fmt_duration(ttl),
-                    fmt_duration(self.policy.max_ttl)
-                ),
-            ));
-        }
-        Ok((audience, ttl))
+        Ok(audience)
     }
 
     /// Validates `request` and signs its token with `signer` at time `now`.
@@ -99,19 +114,19 @@ impl TokenIssuer {
         now: UnixTime,
     ) -> Result<IssuedToken, FieldError> {
         let checked = self.check(request)?;
-        Ok(self.issue_checked(&request.run, checked, signer, now))
+        Ok(self.issue_checked(&request.subject, checked, signer, now))
     }
 
     /// Signs the token of a request `check` accepted, with the audience and TTL it returned.
     pub fn issue_checked(
         &self,
-        run: &RunContext,
+        subject: &Subject,
         (audience, ttl): (Audience, Duration),
         signer: &SigningKey,
         now: UnixTime,
     ) -> IssuedToken {
         let jti = uuid::Uuid::new_v4().to_string();
-        let claims = Claims::new(run, &self.issuer, &audience, jti, now, now + ttl.as_secs());
+        let claims = subject.claims(&self.issuer, &audience, jti, now, now + ttl.as_secs());
         IssuedToken {
             token: sign(signer, &claims),
             kid: signer.kid().clone(),
@@ -121,7 +136,7 @@ impl TokenIssuer {
 }
 
 /// The compact JWS of `claims` signed by `signer`.
-pub fn sign(signer: &SigningKey, claims: &Claims) -> String {
+pub fn sign<C: Serialize>(signer: &SigningKey, claims: &C) -> String {
     let payload = serde_json::to_vec(claims).expect("claims always serialize");
     let mut token =
         String::with_capacity(signer.header_prefix().len() + payload.len() * 4 / 3 + 360);
@@ -133,16 +148,92 @@ pub fn sign(signer: &SigningKey, claims: &Claims) -> String {
     token
 }
 
+/// The TTLs a request may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlBounds {
+    pub default: Duration,
+    pub min: Duration,
+    pub max: Duration,
+    /// What sets `min` and `max`, for messages.
+    pub min_source: &'static str,
+    pub max_source: &'static str,
+}
+
+/// The TTLs `kind` allows under `policy`. Workspace runs and Stacks follow `tokens.default_ttl`
+/// and `tokens.max_ttl`. Module tests follow TFE: 300–1800 s, default 600 s, and never past
+/// `tokens.max_ttl`, as a key's retirement covers only tokens that expire within it.
+pub fn ttl_bounds(kind: Kind, policy: &TokenPolicy) -> TtlBounds {
+    match kind {
+        Kind::Run | Kind::Stack => TtlBounds {
+            default: policy.default_ttl,
+            min: Duration::from_secs(1),
+            max: policy.max_ttl,
+            min_source: "no token lives less",
+            max_source: "tokens.max_ttl",
+        },
+        Kind::ModuleTest => {
+            let max = module_test::MAX_TTL.min(policy.max_ttl);
+            TtlBounds {
+                default: module_test::DEFAULT_TTL.min(max),
+                min: module_test::MIN_TTL,
+                max,
+                min_source: "TFE's bound for module test tokens",
+                max_source: if max < module_test::MAX_TTL {
+                    "tokens.max_ttl"
+                } else {
+                    "TFE's bound for module test tokens"
+                },
+            }
+        }
+    }
+}
+
+impl TtlBounds {
+    /// `ttl` when it is within the bounds.
+    pub fn check(&self, ttl: Duration) -> Result<Duration, FieldError> {
+        if ttl < self.min {
+            return Err(FieldError::new(
+                "ttl",
+                format!(
+                    "{} is below the minimum of {} ({})",
+                    fmt_duration(ttl),
+                    fmt_duration(self.min),
+                    self.min_source
+                ),
+            ));
+        }
+        if ttl > self.max {
+            return Err(FieldError::new(
+                "ttl",
+                format!(
+                    "{} exceeds the maximum of {} ({})",
+                    fmt_duration(ttl),
+                    fmt_duration(self.max),
+                    self.max_source
+                ),
+            ));
+        }
+        Ok(ttl)
+    }
+}
+
 fn parse_ttl(text: &str) -> Result<Duration, FieldError> {
-    let ttl = humantime::parse_duration(text).map_err(|_| {
-        FieldError::new(
-            "ttl",
-            format!(
-                "{:?} is not a duration: use a form like \"90s\", \"20m\" or \"2h\"",
-                text.chars().take(32).collect::<String>()
-            ),
-        )
-    })?;
+    // humantime skips Unicode spaces; a TTL is plain ASCII words and single inner spaces.
+    let plain = text.trim() == text
+        && !text.contains("  ")
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ');
+    let ttl = plain
+        .then(|| humantime::parse_duration(text).ok())
+        .flatten()
+        .ok_or_else(|| {
+            FieldError::new(
+                "ttl",
+                format!(
+                    "{:?} is not a duration: use a form like \"90s\", \"20m\" or \"2h\"",
+                    text.chars().take(32).collect::<String>()
+                ),
+            )
+        })?;
     if ttl < Duration::from_secs(1) {
         return Err(FieldError::new("ttl", "must be at least 1s"));
     }

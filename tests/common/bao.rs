@@ -34,6 +34,8 @@ pub struct Bao {
     pub bin: PathBuf,
     /// Private HOME and working directory (holds `bao.log`).
     pub home: TempDir,
+    /// With `start_tls`: the CA of the dev server's certificate (`<home>/vault-ca.pem`).
+    pub ca_pem: Option<String>,
     child: Child,
     http: reqwest::Client,
 }
@@ -68,6 +70,15 @@ impl Bao {
     /// Starts a dev server and waits until `GET /v1/sys/health` answers 200. `None` when `bao`
     /// is missing and skipping is allowed (see `require_tool`); a missing `bao` fails in CI.
     pub async fn start() -> Option<Bao> {
+        Bao::start_with(false).await
+    }
+
+    /// Starts a dev server with `-dev-tls` (HTTPS, a CA it makes in its HOME); `ca_pem` holds it.
+    pub async fn start_tls() -> Option<Bao> {
+        Bao::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Option<Bao> {
         init_crypto();
         let bin = require_tool("bao")?;
         let http = reqwest::Client::builder()
@@ -79,14 +90,19 @@ impl Bao {
             let home = tempfile::tempdir().unwrap();
             let port = free_port_pair();
             let log = std::fs::File::create(home.path().join("bao.log")).unwrap();
+            let mut args = vec![
+                "server".to_owned(),
+                "-dev".to_owned(),
+                "-dev-root-token-id=root".to_owned(),
+                "-dev-no-store-token".to_owned(),
+                format!("-dev-listen-address=127.0.0.1:{port}"),
+            ];
+            if tls {
+                args.push("-dev-tls".to_owned());
+                args.push(format!("-dev-tls-cert-dir={}", home.path().display()));
+            }
             let child = Command::new(&bin)
-                .args([
-                    "server",
-                    "-dev",
-                    "-dev-root-token-id=root",
-                    "-dev-no-store-token",
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ])
+                .args(&args)
                 .env("HOME", home.path())
                 .current_dir(home.path())
                 .env_remove("BAO_ADDR")
@@ -98,19 +114,48 @@ impl Bao {
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            let scheme = if tls { "https" } else { "http" };
             let mut bao = Bao {
-                addr: format!("http://127.0.0.1:{port}"),
+                addr: format!("{scheme}://127.0.0.1:{port}"),
                 bin: bin.clone(),
                 home,
+                ca_pem: None,
                 child,
                 http: http.clone(),
             };
+            if tls && let Err(e) = bao.trust_dev_ca().await {
+                failures.push(e);
+                continue;
+            }
             match bao.wait_ready().await {
                 Ok(()) => return Some(bao),
                 Err(e) => failures.push(e),
             }
         }
         panic!("OpenBao did not start: {failures:#?}");
+    }
+
+    /// Waits for the dev server's CA file and makes `http` trust it.
+    async fn trust_dev_ca(&mut self) -> Result<(), String> {
+        let path = self.home.path().join("vault-ca.pem");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pem = loop {
+            match std::fs::read_to_string(&path) {
+                Ok(pem) if pem.contains("END CERTIFICATE") => break pem,
+                _ if Instant::now() > deadline => {
+                    return Err(format!("{} did not appear within 30s", path.display()));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        self.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .add_root_certificate(cert)
+            .build()
+            .unwrap();
+        self.ca_pem = Some(pem);
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
@@ -228,6 +273,10 @@ impl Bao {
             .env("VAULT_TOKEN", "root")
             .env("BAO_ADDR", &self.addr)
             .env("BAO_TOKEN", "root");
+        if self.ca_pem.is_some() {
+            let ca = self.home.path().join("vault-ca.pem");
+            command.env("VAULT_CACERT", &ca).env("BAO_CACERT", &ca);
+        }
     }
 
     /// Runs `deploy/vault/configure.sh` with `bao` as the CLI and `env` as its parameters; panics

@@ -17,6 +17,8 @@ use tfe_oidc::keys::{Clock, FakeClock, SystemClock};
 use tfe_oidc::service::{self, Running};
 
 pub mod bao;
+pub mod process;
+pub mod raw;
 
 /// Installs aws-lc-rs as the process's rustls provider (reqwest is built without one).
 pub fn init_crypto() {
@@ -101,6 +103,8 @@ pub struct ApiTokens {
 
 /// A service running in this process, on a fresh key directory, with its own ports.
 pub struct TestServer {
+    /// Unique among every service this test process started, restarts included.
+    pub id: usize,
     pub dir: TempDir,
     pub config: Config,
     pub running: Running,
@@ -128,6 +132,11 @@ pub struct Options {
     pub dir: Option<TempDir>,
     /// With `tls`: require client certificates from the test CA (`client_ca = <pki.ca>`).
     pub client_ca: bool,
+}
+
+fn next_server_id() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl TestServer {
@@ -160,6 +169,7 @@ impl TestServer {
             .await
             .unwrap_or_else(|e| panic!("service did not start: {e}"));
         TestServer {
+            id: next_server_id(),
             dir,
             config,
             running,
@@ -231,6 +241,13 @@ impl TestServer {
         body
     }
 
+    /// Mints the token of `body`, panicking unless the API answers 200.
+    pub async fn mint_body(&self, body: &Value) -> Value {
+        let (status, answer) = self.post_token(body).await;
+        assert_eq!(status, 200, "minting {body} failed: {answer}");
+        answer
+    }
+
     pub async fn jwks(&self) -> Value {
         self.client()
             .get(self.discovery_url("/.well-known/jwks"))
@@ -263,6 +280,7 @@ impl Stopped {
             .await
             .unwrap_or_else(|e| panic!("service did not restart: {e}"));
         TestServer {
+            id: next_server_id(),
             dir: self.dir,
             config: self.config,
             running,
@@ -345,6 +363,28 @@ pub fn run_body(org: &str, workspace: &str, phase: &str) -> Value {
         "project": {"id": "prj-vegSA59s1XPwMr2t", "name": "Default Project"},
         "workspace": {"id": "ws-mbsd5E3Ktt5Rg2Xm", "name": workspace},
         "run": {"id": "run-X3n1AUXNGWbfECsJ", "phase": phase},
+    })
+}
+
+/// A valid `POST /v1/tokens` body for a module-test token of `module` in organization `org`.
+pub fn module_test_body(org: &str, module: &str) -> Value {
+    json!({
+        "organization": {"id": "org-GRNbCjYNpBB6NEH9", "name": org},
+        "module": {"name": module},
+        "run": {"id": "trun-KFg8DSiRz4E37mdJ", "phase": "plan"},
+    })
+}
+
+/// A valid `POST /v1/tokens` body for a Stacks deployment token of acme's stack `network` in
+/// `Default Project`.
+pub fn stack_body(deployment: &str, operation: &str) -> Value {
+    json!({
+        "organization": {"id": "org-GRNbCjYNpBB6NEH9", "name": "acme"},
+        "project": {"id": "prj-vegSA59s1XPwMr2t", "name": "Default Project"},
+        "stack": {"id": "st-Ab12Cd34Ef56Gh78", "name": "network"},
+        "deployment": {"name": deployment},
+        "operation": operation,
+        "plan": {"id": "sp-Zx98Yw76Vu54Ts32"},
     })
 }
 
@@ -471,4 +511,239 @@ pub fn verify_with_python(
 /// The `tfe-oidc` binary cargo built for these tests.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tfe-oidc"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private network and deployment: `tfe-oidc serve` as a process (also inside a network
+// namespace), `tfe-oidc validate` as a process, the deploy/ TLS recipe, and a tiny issuer that
+// serves crafted documents for the failures the real server cannot be made to produce.
+// ---------------------------------------------------------------------------------------------
+
+/// `deploy/` in this checkout.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// Runs `deploy/tls/make-certs.sh` into `out` for `san` (e.g. `IP:10.231.7.10`); panics with its
+/// output unless it succeeds. `None` when openssl is missing and skipping is allowed.
+pub fn make_certs(out: &Path, san: &str) -> Option<()> {
+    require_tool("openssl")?;
+    let output = Command::new("bash")
+        .arg(deploy_dir().join("tls/make-certs.sh"))
+        .env("OUT", out)
+        .env("SAN", san)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "make-certs.sh failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(())
+}
+
+/// A long-running child (`tfe-oidc serve`, `bao server`), killed on drop; its output goes to
+/// `log`, printed when the test panics.
+pub struct Process {
+    pub label: &'static str,
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(label: &'static str, mut command: Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Process { label, child, log }
+    }
+
+    /// Polls `ready` every 50 ms for up to 30 s; panics with the log if it never holds or the
+    /// process exits.
+    pub fn wait_until(&mut self, mut ready: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ready() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status}: {}", self.label, self.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready within 30s: {}",
+                self.label,
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.label, self.log_text());
+        }
+    }
+}
+
+/// What `tfe-oidc validate` printed and its exit status.
+#[derive(Debug)]
+pub struct Validated {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Validated {
+    /// The JSON report (`--format json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not a JSON report ({e}): {self:?}"))
+    }
+
+    /// The check named `name` in the JSON report.
+    pub fn check(&self, name: &str) -> Value {
+        self.json()["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {}", self.stdout))
+    }
+}
+
+/// Runs `command` (a `tfe-oidc validate …`), feeding `stdin`, off the async runtime's threads.
+pub async fn run_validate(mut command: Command, stdin: Option<String>) -> Validated {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TFE_OIDC_")) {
+            command.env_remove(key);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        Validated {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// `tfe-oidc validate <args>` on this machine.
+pub async fn validate(args: &[&str], stdin: Option<String>) -> Validated {
+    let mut command = Command::new(binary());
+    command.arg("validate").args(args);
+    run_validate(command, stdin).await
+}
+
+/// An issuer that serves fixed documents, for the failures the real server cannot be made to
+/// produce (a short key, a kid that is not a thumbprint, a skewed `Date`, an expired
+/// certificate). HTTP/1.1, one request per connection; stopped on drop.
+pub struct FakeIssuer {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a `FakeIssuer` answers.
+#[derive(Clone, Default)]
+pub struct FakeDocuments {
+    /// `(path, JSON body)`; other paths answer 404.
+    pub routes: Vec<(String, String)>,
+    /// Seconds added to the current time in the `Date` header (negative: behind).
+    pub clock_offset: i64,
+    /// Serve TLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl FakeIssuer {
+    /// Binds a loopback port, then serves what `documents` makes for that address.
+    pub async fn start(
+        documents: impl FnOnce(std::net::SocketAddr) -> FakeDocuments,
+    ) -> FakeIssuer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let documents = Arc::new(documents(addr));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(fake_connection(stream, documents.clone()));
+            }
+        });
+        FakeIssuer { addr, task }
+    }
+}
+
+impl Drop for FakeIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn fake_connection(stream: tokio::net::TcpStream, documents: Arc<FakeDocuments>) {
+    match &documents.tls {
+        None => fake_exchange(stream, &documents).await,
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            if let Ok(tls) = acceptor.accept(stream).await {
+                fake_exchange(tls, &documents).await;
+            }
+        }
+    }
+}
+
+async fn fake_exchange<S>(mut stream: S, documents: &FakeDocuments)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let found = documents.routes.iter().find(|(p, _)| p == path);
+    let (status, body) = match found {
+        Some((_, body)) => ("200 OK", body.as_str()),
+        None => ("404 Not Found", "{}"),
+    };
+    let offset = std::time::Duration::from_secs(documents.clock_offset.unsigned_abs());
+    let now = std::time::SystemTime::now();
+    let date = match documents.clock_offset >= 0 {
+        true => now + offset,
+        false => now - offset,
+    };
+    let date = httpdate::fmt_http_date(date);
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nDate: {date}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }

@@ -1,4 +1,4 @@
-//! Helpers shared by `rotation.rs` and `crash.rs`, the two proofs of the SPEC §4 invariant:
+//! Helpers shared by `rotation.rs` and `crash.rs`, the two proofs of the key invariant (docs/reference.md §7.5):
 //! a seeded PRNG (runs are reproducible from the printed seed) and an independent verifier
 //! (the `jsonwebtoken` crate) that checks a token against a JWKS as a relying party would.
 #![allow(dead_code)]

@@ -27,6 +27,7 @@ pub use dir::{Access, KeyDir, is_kid_pem, is_own_temp};
 use pem::{pem_decode, pem_encode};
 
 use super::{KeySet, Kid, SigningKey};
+use crate::config::RsaBits;
 
 const MANIFEST: &str = "keys.json";
 const LOCK: &str = ".lock";
@@ -71,6 +72,16 @@ pub enum StoreError {
     /// The cryptographic library could not encode a private key as PKCS#8.
     #[error("a private key could not be encoded as PKCS#8")]
     Encode,
+    /// Key files are present but the manifest that says which keys they are is gone: starting
+    /// afresh would unpublish keys whose tokens may still be valid.
+    #[error(
+        "{dir}/keys.json is missing but {count} key files are there ({first}…): restore keys.json from a backup; only if these keys never signed a token still in use, move the .pem files away to start afresh"
+    )]
+    ManifestLost {
+        dir: PathBuf,
+        count: usize,
+        first: String,
+    },
 }
 
 impl StoreError {
@@ -124,7 +135,7 @@ struct Manifest {
 #[derive(Debug)]
 pub struct FileStore {
     dir: KeyDir,
-    bits: usize,
+    bits: RsaBits,
     _lock: std::fs::File,
 }
 
@@ -132,7 +143,7 @@ impl FileStore {
     /// Opens (creating with mode 0700 if needed) `dir` for writing, taking its lock, and finishes
     /// any change a crash interrupted. `dir` is resolved this once; a directory, manifest, key or
     /// lock file another user could change is refused (`StoreError::Insecure`).
-    pub fn open(dir: &Path, bits: usize) -> Result<FileStore, StoreError> {
+    pub fn open(dir: &Path, bits: RsaBits) -> Result<FileStore, StoreError> {
         let dir = KeyDir::create(dir)?;
         let lock = dir.lock(LOCK)?;
         let store = FileStore {
@@ -140,7 +151,10 @@ impl FileStore {
             bits,
             _lock: lock,
         };
-        let set = read_manifest(&store.dir)?;
+        let set = match dir_has_manifest(&store.dir)? {
+            true => read_manifest(&store.dir)?,
+            false => store.begin()?,
+        };
         for name in needed_pems(&set) {
             if let Some(problem) = store.dir.trouble(&name, Access::Private) {
                 return Err(problem);
@@ -148,6 +162,29 @@ impl FileStore {
         }
         store.remove_unneeded(&set)?;
         Ok(store)
+    }
+
+    /// A store without a manifest: refused when key files are there (the manifest was lost, and
+    /// deleting them would unpublish keys), otherwise started by committing the empty set, so that
+    /// key files without a manifest can only ever mean a lost one. (With an empty committed set,
+    /// key files are those of a first start that a crash interrupted, and are removed.)
+    fn begin(&self) -> Result<KeySet, StoreError> {
+        let pems: Vec<String> = self
+            .dir
+            .names()?
+            .into_iter()
+            .filter(|n| is_kid_pem(n))
+            .collect();
+        if let Some(first) = pems.first() {
+            return Err(StoreError::ManifestLost {
+                dir: self.dir.path().to_owned(),
+                count: pems.len(),
+                first: first.clone(),
+            });
+        }
+        let empty = KeySet::default();
+        self.dir.write_atomic(MANIFEST, &manifest_bytes(&empty))?;
+        Ok(empty)
     }
 
     /// The configured path, for messages: files are reached through the descriptor opened at start.
@@ -181,14 +218,32 @@ impl FileStore {
         access: Access,
         bytes: impl FnOnce() -> Result<Vec<u8>, StoreError>,
     ) -> Result<Option<Restored>, StoreError> {
-        let Some(problem) = self.dir.trouble(name, access) else {
-            return Ok(None);
+        let expected = bytes()?;
+        let problem = match self.dir.trouble(name, access) {
+            Some(problem) => problem,
+            // Present and trustworthy: is it still what the committed set says?
+            None => match self.dir.read(name, access) {
+                Ok(found) if found == expected => return Ok(None),
+                Ok(_) => StoreError::Corrupt {
+                    path: self.dir.path_of(name),
+                    why: "was replaced: it holds other content than the committed key set".into(),
+                },
+                Err(e) => e,
+            },
         };
-        self.dir.write_atomic(name, &bytes()?)?;
+        self.dir.write_atomic(name, &expected)?;
         Ok(Some(Restored {
             path: self.dir.path_of(name),
             problem,
         }))
+    }
+}
+
+fn key_size(bits: RsaBits) -> KeySize {
+    match bits {
+        RsaBits::Rsa2048 => KeySize::Rsa2048,
+        RsaBits::Rsa3072 => KeySize::Rsa3072,
+        RsaBits::Rsa4096 => KeySize::Rsa4096,
     }
 }
 
@@ -198,12 +253,7 @@ impl KeyStore for FileStore {
     }
 
     fn create(&mut self) -> Result<Arc<SigningKey>, StoreError> {
-        let size = match self.bits {
-            3072 => KeySize::Rsa3072,
-            4096 => KeySize::Rsa4096,
-            _ => KeySize::Rsa2048,
-        };
-        let pair = KeyPair::generate(size).map_err(|_| StoreError::KeyGen)?;
+        let pair = KeyPair::generate(key_size(self.bits)).map_err(|_| StoreError::KeyGen)?;
         let pem = pkcs8_pem(&pair)?;
         let key = SigningKey::new(pair);
         self.dir.write_atomic(&pem_name(key.kid()), &pem)?;
@@ -279,6 +329,14 @@ fn read_loaded(dir: &KeyDir) -> Result<Loaded, StoreError> {
     Ok(Loaded { set, signers })
 }
 
+fn dir_has_manifest(dir: &KeyDir) -> Result<bool, StoreError> {
+    match dir.read(MANIFEST, Access::ReadOnlyToOthers) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn read_manifest(dir: &KeyDir) -> Result<KeySet, StoreError> {
     let bytes = match dir.read(MANIFEST, Access::ReadOnlyToOthers) {
         Ok(bytes) => bytes,
@@ -297,7 +355,7 @@ fn read_manifest(dir: &KeyDir) -> Result<KeySet, StoreError> {
             manifest.format
         )));
     }
-    manifest.set.check().map_err(corrupt)?;
+    manifest.set.check().map_err(|e| corrupt(e.to_string()))?;
     Ok(manifest.set)
 }
 
@@ -355,8 +413,8 @@ mod tests {
     #[test]
     fn second_writer_is_refused_while_the_first_holds_the_lock() {
         let (_parent, dir) = keys_dir();
-        let _first = FileStore::open(&dir, 2048).unwrap();
-        let second = FileStore::open(&dir, 2048).unwrap_err();
+        let _first = FileStore::open(&dir, RsaBits::default()).unwrap();
+        let second = FileStore::open(&dir, RsaBits::default()).unwrap_err();
         assert!(matches!(second, StoreError::Locked { .. }), "{second}");
     }
 
@@ -364,20 +422,42 @@ mod tests {
     fn a_created_key_not_committed_is_removed_on_open() {
         let (_parent, dir) = keys_dir();
         let kid = {
-            let mut store = FileStore::open(&dir, 2048).unwrap();
+            let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
             store.create().unwrap().kid().clone()
         };
         assert!(dir.join(pem_name(&kid)).exists());
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         assert!(!dir.join(pem_name(&kid)).exists());
         assert!(store.load().unwrap().set.keys.is_empty());
+    }
+
+    #[test]
+    fn a_lost_manifest_with_key_files_refuses_to_start_and_deletes_nothing() {
+        let (_parent, dir) = keys_dir();
+        let set = {
+            let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
+            two_keys(&mut store)
+        };
+        fs::remove_file(dir.join(MANIFEST)).unwrap();
+        let err = FileStore::open(&dir, RsaBits::default()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::ManifestLost { count: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("restore keys.json"), "{err}");
+        for key in &set.keys {
+            assert!(
+                dir.join(pem_name(&key.kid)).exists(),
+                "a key file was deleted"
+            );
+        }
     }
 
     #[test]
     fn committed_keys_round_trip_with_private_files_mode_0600() {
         use std::os::unix::fs::PermissionsExt;
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         let set = two_keys(&mut store);
         let loaded = read_unlocked(&dir).unwrap();
         assert_eq!(loaded.set, set);
@@ -394,7 +474,7 @@ mod tests {
     #[test]
     fn restore_rewrites_a_missing_key_file_and_manifest_from_memory() {
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         two_keys(&mut store);
         let committed = store.load().unwrap();
         assert!(store.restore(&committed).unwrap().is_empty());
@@ -411,10 +491,30 @@ mod tests {
     }
 
     #[test]
+    fn restore_rewrites_a_key_file_or_manifest_whose_content_was_replaced() {
+        let (_parent, dir) = keys_dir();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
+        two_keys(&mut store);
+        let committed = store.load().unwrap();
+        let kid = &committed.set.keys[1].kid;
+        let before = fs::read(dir.join(pem_name(kid))).unwrap();
+        let other_key = KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let der: Pkcs8V1Der<'static> = other_key.as_der().unwrap();
+        let other = pem::pem_encode(der.as_ref());
+        fs::write(dir.join(pem_name(kid)), other).unwrap();
+        fs::write(dir.join(MANIFEST), manifest_bytes(&KeySet::default())).unwrap();
+        let restored = store.restore(&committed).unwrap();
+        assert_eq!(restored.len(), 2, "{restored:?}");
+        assert!(restored[0].problem.to_string().contains("was replaced"));
+        assert_eq!(fs::read(dir.join(pem_name(kid))).unwrap(), before);
+        assert_eq!(read_unlocked(&dir).unwrap().set, committed.set);
+    }
+
+    #[test]
     fn restore_reports_a_directory_opened_to_others_without_changing_it() {
         use std::os::unix::fs::PermissionsExt;
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         let committed = store.load().unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let err = store.restore(&committed).unwrap_err();
@@ -426,7 +526,7 @@ mod tests {
     #[test]
     fn restore_over_a_directory_fails_naming_the_key_file() {
         let (_parent, dir) = keys_dir();
-        let mut store = FileStore::open(&dir, 2048).unwrap();
+        let mut store = FileStore::open(&dir, RsaBits::default()).unwrap();
         two_keys(&mut store);
         let committed = store.load().unwrap();
         let pem = dir.join(pem_name(&committed.set.keys[1].kid));

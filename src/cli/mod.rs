@@ -1,4 +1,4 @@
-//! The commands of SPEC §2: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
+//! The commands of docs/reference.md §1: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
 //! usage or configuration). Each command is a short function over the library.
 
 use std::io::Write;
@@ -8,14 +8,19 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::http::auth::{self, Scope};
-use crate::keys::manager::KeyManager;
-use crate::keys::store::read_unlocked;
+use crate::keys::manager::{KeyManager, ManagerError};
+use crate::keys::store::{StoreError, read_unlocked};
 use crate::keys::{KeySet, SystemClock, listing};
 use crate::service::{self, StartError};
-use crate::token::claims::{NamedInput, RunContext, RunIdInput, RunInput};
-use crate::token::{TokenIssuer, TokenRequest};
+use crate::token::claims::FieldError;
+use crate::token::kinds::InputError;
+use crate::validate::command::ValidateError;
+
+mod issue;
+
+pub use issue::IssueArgs;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
@@ -73,6 +78,8 @@ pub enum Command {
     /// Manage API bearer tokens.
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
+    /// Check discovery, keys and (optionally) a token from where Vault runs.
+    Validate(ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,36 +103,8 @@ pub enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint one run identity token and print it.
+    /// Mint one identity token (workspace run, module test or Stacks deployment) and print it.
     Issue(IssueArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct IssueArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    #[arg(long)]
-    pub org: String,
-    #[arg(long)]
-    pub org_id: String,
-    #[arg(long)]
-    pub project: String,
-    #[arg(long)]
-    pub project_id: String,
-    #[arg(long)]
-    pub workspace: String,
-    #[arg(long)]
-    pub workspace_id: String,
-    #[arg(long)]
-    pub run_id: String,
-    /// plan or apply
-    #[arg(long)]
-    pub phase: String,
-    #[arg(long)]
-    pub audience: Option<String>,
-    /// Lifetime such as 20m or 2h (default tokens.default_ttl).
-    #[arg(long)]
-    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +120,28 @@ pub enum ApiTokenCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The issuer URL exactly as Vault is given it (oidc_discovery_url and bound_issuer).
+    #[arg(long)]
+    pub issuer: String,
+    /// PEM CA certificate(s) for the discovery listener, as Vault's oidc_discovery_ca_pem
+    /// (default: this host's trust store).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// A run identity token to check: a file, or - for stdin. It is never printed.
+    #[arg(long, conflicts_with = "expect_unreachable")]
+    pub token: Option<String>,
+    /// The audience Vault's role expects (default vault.workload.identity).
+    #[arg(long, requires = "token")]
+    pub audience: Option<String>,
+    /// Pass only when the discovery listener cannot be reached from here.
+    #[arg(long)]
+    pub expect_unreachable: bool,
+    #[arg(long, default_value = "text")]
+    pub format: OutputFormat,
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init_logging(cli.log_format == LogFormat::Json);
@@ -150,9 +151,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::List { config, format }) => keys_list(config, format),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
         Command::Token(command) => match *command {
-            TokenCommand::Issue(args) => token_issue(args),
+            TokenCommand::Issue(args) => issue::token_issue(args),
         },
         Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
+        Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,14 +172,14 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn usage(message: impl ToString) -> Failure {
+    pub(super) fn usage(message: impl ToString) -> Failure {
         Failure {
             code: EXIT_USAGE,
             message: message.to_string(),
         }
     }
 
-    fn failed(message: impl ToString) -> Failure {
+    pub(super) fn failed(message: impl ToString) -> Failure {
         Failure {
             code: EXIT_FAILURE,
             message: message.to_string(),
@@ -185,17 +187,63 @@ impl Failure {
     }
 }
 
+// The one mapping from the library's errors to exit statuses: 64 for what the operator wrote
+// (configuration, flags), 1 for what failed while acting on it.
+
 impl From<StartError> for Failure {
     fn from(e: StartError) -> Failure {
         match e {
             StartError::Config(_) => Failure::usage(e),
-            _ => Failure::failed(e),
+            StartError::Keys(_)
+            | StartError::Bind { .. }
+            | StartError::Audit { .. }
+            | StartError::DevelopmentToken { .. }
+            | StartError::Task(_) => Failure::failed(e),
         }
     }
 }
 
-fn load(arg: &ConfigArg) -> Result<Config, Failure> {
-    Config::load(arg.config.as_deref()).map_err(Failure::usage)
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<InputError> for Failure {
+    fn from(e: InputError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<FieldError> for Failure {
+    fn from(e: FieldError) -> Failure {
+        Failure::usage(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::failed(e)
+    }
+}
+
+impl From<ManagerError> for Failure {
+    fn from(e: ManagerError) -> Failure {
+        Failure::failed(e)
+    }
+}
+
+impl From<ValidateError> for Failure {
+    fn from(e: ValidateError) -> Failure {
+        match e {
+            ValidateError::CaFile { .. } | ValidateError::Token { .. } => Failure::usage(e),
+            ValidateError::Runtime(_) | ValidateError::ChecksFailed { .. } => Failure::failed(e),
+        }
+    }
+}
+
+pub(super) fn load(arg: &ConfigArg) -> Result<Config, Failure> {
+    Ok(Config::load(arg.config.as_deref())?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -243,8 +291,11 @@ impl Signals {
                 _ = self.int.recv() => return,
                 _ = self.term.recv() => return,
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the API tokens file and the TLS files");
-                    running.reload();
+                    tracing::info!("SIGHUP: reloading the API tokens file and the TLS files, reopening the audit file");
+                    // Off the signal loop: a file that blocks on open (a FIFO) must not keep
+                    // SIGTERM from being heard.
+                    let reload = running.reloader();
+                    tokio::task::spawn_blocking(move || reload.reload());
                 }
             }
         }
@@ -253,15 +304,15 @@ impl Signals {
 
 fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
-    service::tls_configs(&config).map_err(Failure::usage)?;
-    service::tokens_file(&config).map_err(Failure::usage)?;
+    service::tls_configs(&config)?;
+    service::tokens_file(&config)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }
 
 fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
+    let loaded = read_unlocked(&config.keys.dir)?;
     match format {
         OutputFormat::Json => println!(
             "{}",
@@ -274,67 +325,10 @@ fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
 
 fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let store = service::open_store(&config).map_err(Failure::failed)?;
-    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))
-        .map_err(Failure::failed)?;
-    let set = manager.rotate(force).map_err(Failure::failed)?;
+    let store = service::open_store(&config)?;
+    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
+    let set = manager.rotate(force)?;
     print!("{}", key_table(&set));
-    Ok(())
-}
-
-fn token_issue(args: IssueArgs) -> Result<(), Failure> {
-    let config = load(&args.config)?;
-    let input = RunInput {
-        organization: NamedInput {
-            id: args.org_id,
-            name: args.org,
-        },
-        project: NamedInput {
-            id: args.project_id,
-            name: args.project,
-        },
-        workspace: NamedInput {
-            id: args.workspace_id,
-            name: args.workspace,
-        },
-        run: RunIdInput {
-            id: args.run_id,
-            phase: args.phase,
-        },
-    };
-    let run = RunContext::parse(&input).map_err(Failure::usage)?;
-    let request = TokenRequest {
-        run,
-        audience: args.audience,
-        ttl: args.ttl,
-    };
-    let loaded = read_unlocked(&config.keys.dir).map_err(Failure::failed)?;
-    let current = loaded.set.current();
-    // Never outlive what the key's retirement will cover: the server's max_ttl recorded on it.
-    let mut policy = config.tokens.clone();
-    if let Some(recorded) = current.and_then(|c| c.max_token_ttl) {
-        policy.max_ttl = policy.max_ttl.min(std::time::Duration::from_secs(recorded));
-    }
-    let issuer = TokenIssuer::new(config.issuer.clone(), policy);
-    let checked = issuer.check(&request).map_err(Failure::usage)?;
-    let signer = current
-        .and_then(|c| loaded.signers.get(&c.kid))
-        .ok_or_else(|| {
-            Failure::failed(format!(
-                "the key store {} has no current key: start `tfe-oidc serve` once to create it",
-                config.keys.dir.display()
-            ))
-        })?;
-    let now = crate::keys::Clock::now(&SystemClock);
-    let issued = issuer.issue_checked(&request.run, checked, signer, now);
-    crate::telemetry::Audit::open(config.audit_path.as_deref())
-        .and_then(|audit| audit.token_issued(&issued, "cli"))
-        .map_err(|e| {
-            Failure::failed(format!(
-                "audit.path: {e}: the token was not handed out, as no audit line records it"
-            ))
-        })?;
-    println!("{}", issued.token);
     Ok(())
 }
 
@@ -358,13 +352,15 @@ fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let token = auth::new_token();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "token: {}", token.0);
-    let _ = writeln!(
-        out,
-        "tokens file line: {}",
-        auth::tokens_file_line(&token, name, &scopes)
+    let line = auth::tokens_file_line(&token, name, &scopes);
+    // stdout holds exactly two lines, the token then the tokens-file line, each ready to paste
+    // or to take with `head -1` / `tail -1`; what they are goes to stderr.
+    eprintln!(
+        "line 1: the bearer token of caller {name:?}; hand it to the caller, it is stored nowhere\n\
+         line 2: append it to the file named by api.tokens_file, then `kill -HUP` the server"
     );
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}\n{line}", token.0);
     Ok(())
 }
 

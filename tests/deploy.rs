@@ -1,0 +1,295 @@
+//! The operator's files in `deploy/`: the example configuration loads, the systemd unit passes
+//! `systemd-analyze verify` and keeps its keys where the configuration says, the Kubernetes
+//! manifests are well-formed YAML that agree with the configuration they carry, and the TLS
+//! recipe renews a certificate under the same CA.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tfe_oidc::config::Config;
+
+use common::{binary, deploy_dir, make_certs, require_tool};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy_dir().join(path)).unwrap()
+}
+
+/// The TLS directory both configurations name.
+const TLS_DIR: &str = "/etc/tfe-oidc/tls/";
+
+/// Loads `text` with its TLS files (the only files loading reads) swapped for ones the recipe
+/// makes now; `None` when openssl is missing and skipping is allowed.
+fn load(text: &str, what: &str) -> Option<Config> {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "DNS:tfe-oidc.internal")?;
+    let text = text.replace(TLS_DIR, &format!("{}/", dir.path().display()));
+    Some(Config::from_parts(&text, &[], None).unwrap_or_else(|e| panic!("{what}: {e}")))
+}
+
+fn example_config() -> Option<Config> {
+    load(&read("tfe-oidc.toml"), "deploy/tfe-oidc.toml")
+}
+
+/// A string value of a TOML document, by dotted path.
+fn toml_str(text: &str, path: &str) -> String {
+    let value: toml::Value = toml::from_str(text).unwrap();
+    let found = path.split('.').fold(&value, |v, key| &v[key]);
+    found.as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_example_config_loads_and_check_config_only_misses_its_files() {
+    let Some(config) = example_config() else {
+        return;
+    };
+    assert_eq!(config.issuer, "https://tfe-oidc.internal:8443");
+    assert_eq!(config.keys.dir, std::path::Path::new("/var/lib/tfe-oidc"));
+    let output = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(deploy_dir().join("tfe-oidc.toml"))
+        .env_remove("TFE_OIDC_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        let problems: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.trim_start().starts_with("- "))
+            .collect();
+        assert!(!problems.is_empty(), "{stderr}");
+        for problem in problems {
+            assert!(
+                problem.contains("No such file"),
+                "not a missing file: {problem}"
+            );
+        }
+    }
+}
+
+/// The unit as installed, but with `ExecStart` on the binary cargo built: `systemd-analyze
+/// verify` refuses a unit whose executable does not exist, and `/usr/local/bin/tfe-oidc` does
+/// not exist here. It exits 0 even on unknown keys, so its output must be empty too.
+#[test]
+fn the_systemd_unit_verifies_and_sandboxes_the_key_directory() {
+    let Some(analyze) = require_tool("systemd-analyze") else {
+        return;
+    };
+    let unit = read("systemd/tfe-oidc.service");
+    for line in [
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "User=tfe-oidc",
+        "StateDirectory=tfe-oidc",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    // keys.dir is the StateDirectory, and the audit file is in the LogsDirectory.
+    let config = example_config().unwrap();
+    assert_eq!(config.keys.dir, std::path::Path::new("/var/lib/tfe-oidc"));
+    assert!(config.audit_path.unwrap().starts_with("/var/log/tfe-oidc"));
+    assert!(unit.contains("LogsDirectory=tfe-oidc"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tfe-oidc.service");
+    let built = binary();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/tfe-oidc", built.to_str().unwrap()),
+    )
+    .unwrap();
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "systemd-analyze verify: {text}");
+    assert!(
+        text.trim().is_empty(),
+        "systemd-analyze verify warned: {text}"
+    );
+}
+
+/// Every document of the multi-document manifest file, as JSON values.
+fn manifests() -> Vec<Value> {
+    let text = read("kubernetes/tfe-oidc.yaml");
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("YAML: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn port(addr: SocketAddr) -> Value {
+    Value::from(addr.port())
+}
+
+#[test]
+fn the_kubernetes_manifests_agree_with_the_config_they_carry() {
+    let docs = manifests();
+    for doc in &docs {
+        assert_eq!(doc["metadata"]["namespace"], "tfe-oidc", "{doc}");
+    }
+    let toml = kind(&docs, "ConfigMap", "tfe-oidc-config")["data"]["tfe-oidc.toml"]
+        .as_str()
+        .unwrap();
+    let Some(config) = load(toml, "ConfigMap tfe-oidc-config") else {
+        return;
+    };
+    let (discovery, api) = (config.discovery.listen, config.api.listen);
+    assert!(
+        config.discovery.tls.as_ref().unwrap().client_ca.is_none(),
+        "Vault cannot present a client certificate"
+    );
+
+    // The container exposes both listeners under their names.
+    let deployment = kind(&docs, "Deployment", "tfe-oidc");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let named = |name: &str| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["containerPort"]
+            .clone()
+    };
+    assert_eq!(named("discovery"), port(discovery));
+    assert_eq!(named("api"), port(api));
+    assert_eq!(
+        deployment["spec"]["replicas"], 1,
+        "one server holds the key store"
+    );
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+
+    // Each Service fronts one listener; the discovery Service is the issuer's host and port.
+    let service_port = |name: &str| kind(&docs, "Service", name)["spec"]["ports"][0].clone();
+    let d = service_port("tfe-oidc-discovery");
+    assert_eq!(
+        (&d["targetPort"], &d["port"]),
+        (&Value::from("discovery"), &port(discovery))
+    );
+    assert_eq!(
+        config.issuer,
+        format!("https://tfe-oidc-discovery.tfe-oidc.svc:{}", d["port"])
+    );
+    let a = service_port("tfe-oidc-api");
+    assert_eq!(
+        (&a["targetPort"], &a["port"]),
+        (&Value::from("api"), &port(api))
+    );
+
+    // The mounts hold what the config names: the config file, TLS files, tokens file, keys.
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    let args = container["args"].as_array().unwrap();
+    let config_path = args.last().unwrap().as_str().unwrap();
+    for path in [
+        config_path.to_owned(),
+        toml_str(toml, "discovery.tls_cert"),
+        toml_str(toml, "discovery.tls_key"),
+        toml_str(toml, "api.tls_cert"),
+        toml_str(toml, "api.tokens_file"),
+        format!("{}/keys.json", config.keys.dir.display()),
+    ] {
+        let path = std::path::Path::new(&path);
+        assert!(
+            mounts.iter().any(|m| path.starts_with(m)),
+            "{} is on no mounted volume",
+            path.display()
+        );
+    }
+
+    // Only Vault's pods reach the discovery port, only TFE's the API.
+    let policy = kind(&docs, "NetworkPolicy", "tfe-oidc-ingress");
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let rule = |port_name: &str| {
+        let rules: Vec<&Value> = rules
+            .iter()
+            .filter(|r| {
+                r["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"] == port_name)
+            })
+            .collect();
+        assert_eq!(rules.len(), 1, "exactly one rule opens {port_name}");
+        assert_eq!(rules[0]["ports"].as_array().unwrap().len(), 1);
+        rules[0]["from"].as_array().unwrap().clone()
+    };
+    let from = rule("discovery");
+    assert_eq!(from.len(), 1);
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "vault"
+    );
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "vault"
+    );
+    let from = rule("api");
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "terraform-enterprise"
+    );
+    assert_eq!(rules.len(), 2, "no other way in");
+}
+
+#[test]
+fn the_tls_recipe_renews_the_server_certificate_under_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(()) = make_certs(dir.path(), "DNS:tfe-oidc.internal,IP:10.231.7.10") else {
+        return;
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let (ca, server) = (read("ca.pem"), read("server.pem"));
+    make_certs(dir.path(), "DNS:tfe-oidc.internal,IP:10.231.7.10").unwrap();
+    assert_eq!(
+        read("ca.pem"),
+        ca,
+        "renewing must keep Vault's oidc_discovery_ca_pem valid"
+    );
+    assert_ne!(read("server.pem"), server);
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .arg("-in")
+        .arg(dir.path().join("server.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("DNS:tfe-oidc.internal, IP Address:10.231.7.10"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("server-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -1,0 +1,1099 @@
+//! The credential exchange (`POST /v1/credentials`, `POST /v1/credentials/revoke`) against a
+//! real OpenBao 2.7.2 whose JWT auth is wired to this issuer by `deploy/vault/configure.sh`.
+//!
+//! OpenBao has no AWS, GCP or Azure secrets engine. These tests mount stand-in engines instead:
+//! KV version 1 mounts at `aws/`, `gcp/` and `azure/`, holding, at exactly the paths the real
+//! engines serve (`aws/creds/<role>`, `aws/sts/<role>`, `gcp/roleset/<name>/token`,
+//! `gcp/static-account/<name>/key`, `azure/creds/<role>`), `data` shaped like the real engines'
+//! answers (`access_key`, `secret_key`, `security_token`/`session_token`; `token`,
+//! `expires_at_seconds`; `private_key_data`; `client_id`, `client_secret`). KV v1 ignores query
+//! parameters such as `role_arn` (OpenBao answers a warning). The JWT login, the policies, the
+//! namespaces, TLS and token revocation are all real.
+//!
+//! The silent Vault is a plain TCP listener that accepts and never answers: a real Vault cannot
+//! be made to do that on purpose.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use common::bao::{Bao, deploy_vault, reasons};
+use common::{Options, TestServer, run_body};
+use tfe_oidc::vault::{Endpoint, VaultClients, VaultToken};
+
+/// Every log line the services of this test binary wrote.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends every log event (debug and up, every crate) to `LOGS`.
+fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn random(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// What the stand-in engines hold; every value is fresh, so the log scan can look for it.
+struct Secrets {
+    iam_secret: String,
+    sts_secret: String,
+    session_token: String,
+    gcp_token: String,
+    gcp_private_key: String,
+    azure_secret: String,
+}
+
+impl Secrets {
+    fn new() -> Secrets {
+        Secrets {
+            iam_secret: random("iam-secret-"),
+            sts_secret: random("sts-secret-"),
+            session_token: random("session-"),
+            gcp_token: random("ya29."),
+            gcp_private_key: random("gcp-key-"),
+            azure_secret: random("azure-secret-"),
+        }
+    }
+
+    fn all(&self) -> Vec<&str> {
+        vec![
+            &self.iam_secret,
+            &self.sts_secret,
+            &self.session_token,
+            &self.gcp_token,
+            &self.gcp_private_key,
+            &self.azure_secret,
+        ]
+    }
+}
+
+/// An OpenBao wired to a tfe-oidc that may call it, with stand-in engines.
+struct Fixture {
+    bao: Bao,
+    server: TestServer,
+    audit: PathBuf,
+    secrets: Secrets,
+    _files: TempDir,
+}
+
+async fn fixture(tls: bool) -> Option<Fixture> {
+    capture_logs();
+    let bao = if tls {
+        Bao::start_tls().await?
+    } else {
+        Bao::start().await?
+    };
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let server = start_server(&[&bao.addr], &audit, "10s").await;
+    // The documented policy: it grants the engine paths the stand-ins serve, not azure/creds/denied.
+    let policy = deploy_vault().join("policy.hcl");
+    let policy = policy.to_str().unwrap().to_owned();
+    for (workspace, phase) in [
+        ("prod", "*"),
+        ("prod", "plan"),
+        ("prod", "apply"),
+        ("other", "*"),
+    ] {
+        wire(&bao, &server, &policy, workspace, phase, &[]);
+    }
+    let secrets = Secrets::new();
+    mount_engines(&bao, &secrets, None).await;
+    Some(Fixture {
+        bao,
+        server,
+        audit,
+        secrets,
+        _files: files,
+    })
+}
+
+async fn start_server(allowed: &[&str], audit: &std::path::Path, timeout: &str) -> TestServer {
+    let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+    TestServer::start(Options {
+        tls: true,
+        extra_toml: format!(
+            "[exchange]\nallowed_vault_addrs = [{}]\nvault_timeout = \"{timeout}\"\n[audit]\npath = {audit:?}\n",
+            allowed.join(", ")
+        ),
+        ..Options::default()
+    })
+    .await
+}
+
+/// `configure.sh` for acme/<workspace> in `phase` (role `tfe-acme-<workspace>[-<phase>]`, policy
+/// of the same name).
+fn wire(
+    bao: &Bao,
+    server: &TestServer,
+    policy: &str,
+    workspace: &str,
+    phase: &str,
+    extra: &[(&str, &str)],
+) {
+    let ca = server.pki.as_ref().unwrap().ca.to_str().unwrap().to_owned();
+    let role = match phase {
+        "*" => format!("tfe-acme-{workspace}"),
+        _ => format!("tfe-acme-{workspace}-{phase}"),
+    };
+    let mut env = vec![
+        ("ISSUER", server.issuer()),
+        ("CA_FILE", ca.as_str()),
+        ("ORG", "acme"),
+        ("WORKSPACE", workspace),
+        ("PHASE", phase),
+        ("POLICY", role.as_str()),
+        ("POLICY_FILE", policy),
+    ];
+    env.extend_from_slice(extra);
+    tokio::task::block_in_place(|| bao.configure(&env));
+}
+
+/// KV v1 mounts at the engines' paths, holding answers shaped like theirs.
+async fn mount_engines(bao: &Bao, s: &Secrets, namespace: Option<&str>) {
+    let key_file = json!({"type": "service_account", "private_key": s.gcp_private_key}).to_string();
+    let writes = [
+        (
+            "aws/creds/deploy",
+            json!({"access_key": "AKIAIAMUSER", "secret_key": s.iam_secret, "security_token": null}),
+        ),
+        (
+            "aws/sts/deploy",
+            json!({"access_key": "ASIASTS", "secret_key": s.sts_secret, "security_token": s.session_token, "session_token": s.session_token, "arn": "arn:aws:sts::123456789012:assumed-role/deploy/vault"}),
+        ),
+        (
+            "gcp/roleset/viewer/token",
+            json!({"token": s.gcp_token, "expires_at_seconds": 1764115230u64, "token_ttl": 3599}),
+        ),
+        (
+            "gcp/static-account/deployer/key",
+            json!({"private_key_data": STANDARD.encode(&key_file), "key_algorithm": "KEY_ALG_RSA_2048", "key_type": "TYPE_GOOGLE_CREDENTIALS_FILE"}),
+        ),
+        (
+            "azure/creds/contributor",
+            json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000001", "client_secret": s.azure_secret}),
+        ),
+        (
+            "azure/creds/denied",
+            json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000002", "client_secret": s.azure_secret}),
+        ),
+    ];
+    let prefix = namespace.map(|n| format!("{n}/")).unwrap_or_default();
+    for mount in ["aws", "gcp", "azure"] {
+        bao.root_write(
+            &format!("{prefix}sys/mounts/{mount}"),
+            json!({"type": "kv", "options": {"version": "1"}}),
+        )
+        .await;
+    }
+    for (path, data) in writes {
+        bao.root_write(&format!("{prefix}{path}"), data).await;
+    }
+}
+
+/// `POST <path>` on the API with `token`: status and JSON body.
+async fn post(server: &TestServer, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = server
+        .client()
+        .post(server.api_url(path))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status == 200 && path == "/v1/credentials" {
+        let cache = response.headers().get("cache-control");
+        assert_eq!(
+            cache.and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "credentials must not be cached"
+        );
+    }
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn exchange(server: &TestServer, phase: &str, variables: &[(&str, &str)]) -> (u16, Value) {
+    let variables: BTreeMap<&str, &str> = variables.iter().copied().collect();
+    let body = json!({"run": run_body("acme", "prod", phase), "variables": variables});
+    post(server, "/v1/credentials", &server.tokens.all, &body).await
+}
+
+async fn revoke(server: &TestServer, vault: &Value) -> (u16, Value) {
+    post(server, "/v1/credentials/revoke", &server.tokens.all, vault).await
+}
+
+async fn metrics(server: &TestServer) -> String {
+    let url = server.api_url("/metrics");
+    server
+        .client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn audit_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The default Vault configuration's variables for `addr`, with `extra` added.
+fn vault_vars<'a>(addr: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut vars = vec![
+        ("TFC_VAULT_PROVIDER_AUTH", "true"),
+        ("TFC_VAULT_ADDR", addr),
+        ("TFC_VAULT_RUN_ROLE", "tfe-acme-prod"),
+    ];
+    vars.extend_from_slice(extra);
+    vars
+}
+
+/// `GET auth/token/lookup-self` with `token` (in `namespace`): the status.
+async fn lookup_status(bao: &Bao, token: &str, namespace: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new()
+        .get(format!("{}/v1/auth/token/lookup-self", bao.addr))
+        .header("X-Vault-Token", token);
+    if let Some(ns) = namespace {
+        request = request.header("X-Vault-Namespace", ns);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// Default configuration plus a tagged one that takes its address and role from the
+/// `TFC_DEFAULT_` forms; every engine shape; one token minted and audited per configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_and_tagged_configurations_get_every_engine() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    let addr = f.bao.addr.clone();
+    let before = unix_now();
+    let vars = vec![
+        ("TFC_VAULT_PROVIDER_AUTH", "true"),
+        ("TFC_VAULT_PROVIDER_AUTH_TEAM_B", "true"),
+        ("TFC_DEFAULT_VAULT_ADDR", addr.as_str()),
+        ("TFC_DEFAULT_VAULT_RUN_ROLE", "tfe-acme-prod"),
+        ("TFC_VAULT_BACKED_AWS_AUTH", "true"),
+        ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "iam_user"),
+        ("TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE", "deploy"),
+        ("TFC_VAULT_BACKED_AWS_AUTH_STS", "true"),
+        ("TFC_VAULT_BACKED_AWS_AUTH_TYPE_STS", "assumed_role"),
+        ("TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE_STS", "deploy"),
+        (
+            "TFC_VAULT_BACKED_AWS_RUN_ROLE_ARN_STS",
+            "arn:aws:iam::123456789012:role/deploy",
+        ),
+        ("TFC_VAULT_BACKED_AWS_VAULT_CONFIG_STS", "TEAM_B"),
+        ("TFC_VAULT_BACKED_AWS_SLEEP_SECONDS_STS", "30"),
+        ("TFC_VAULT_BACKED_GCP_AUTH", "true"),
+        ("TFC_VAULT_BACKED_GCP_AUTH_TYPE", "roleset/access_token"),
+        ("TFC_VAULT_BACKED_GCP_RUN_VAULT_ROLESET", "viewer"),
+        ("TFC_VAULT_BACKED_GCP_AUTH_KEY", "true"),
+        (
+            "TFC_VAULT_BACKED_GCP_AUTH_TYPE_KEY",
+            "static_account/service_account_key",
+        ),
+        (
+            "TFC_VAULT_BACKED_GCP_RUN_VAULT_STATIC_ACCOUNT_KEY",
+            "deployer",
+        ),
+        ("TFC_VAULT_BACKED_AZURE_AUTH", "true"),
+        ("TFC_VAULT_BACKED_AZURE_RUN_VAULT_ROLE", "contributor"),
+        ("UNRELATED_VARIABLE", "ignored"),
+    ];
+    let (status, body) = exchange(&f.server, "apply", &vars).await;
+    assert_eq!(status, 200, "{body}");
+
+    let vault = &body["vault"];
+    let default = &vault["default"];
+    let team_b = &vault["aliases"]["TEAM_B"];
+    assert_eq!(default["address"], addr.as_str());
+    assert_eq!(team_b["address"], addr.as_str());
+    assert_ne!(
+        default["token"], team_b["token"],
+        "each configuration logs in on its own"
+    );
+    assert!(
+        default["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tfe-acme-prod"))
+    );
+    assert_eq!(
+        (
+            default["lease_duration"].as_u64(),
+            default["renewable"].as_bool()
+        ),
+        (Some(1200), Some(true))
+    );
+    for token in [&default["token"], &team_b["token"]] {
+        assert_eq!(
+            lookup_status(&f.bao, token.as_str().unwrap(), None).await,
+            200
+        );
+    }
+
+    let s = &f.secrets;
+    assert_eq!(
+        body["aws"]["default"],
+        json!({"access_key_id": "AKIAIAMUSER", "secret_access_key": s.iam_secret, "session_token": null, "lease_id": "", "lease_duration": 2764800})
+    );
+    assert_eq!(
+        body["aws"]["aliases"]["STS"]["session_token"],
+        s.session_token.as_str()
+    );
+    assert_eq!(
+        body["gcp"]["default"],
+        json!({"access_token": s.gcp_token, "expires_at": 1764115230u64})
+    );
+    let credentials: Value = serde_json::from_str(
+        body["gcp"]["aliases"]["KEY"]["credentials"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(credentials["private_key"], s.gcp_private_key.as_str());
+    assert_eq!(
+        body["azure"]["default"]["client_secret"],
+        s.azure_secret.as_str()
+    );
+    assert_eq!(body["azure"]["aliases"], json!({}));
+
+    let env = &body["env"];
+    assert_eq!(env["VAULT_ADDR"], addr.as_str());
+    assert_eq!(env["VAULT_TOKEN"], default["token"]);
+    assert_eq!(
+        env["AWS_SECRET_ACCESS_KEY"],
+        s.iam_secret.as_str(),
+        "env holds the default configurations only"
+    );
+    assert_eq!(env["GOOGLE_OAUTH_ACCESS_TOKEN"], s.gcp_token.as_str());
+    assert_eq!(env["ARM_CLIENT_SECRET"], s.azure_secret.as_str());
+    assert!(
+        env.get("AWS_SESSION_TOKEN").is_none() && env.get("VAULT_NAMESPACE").is_none(),
+        "{env}"
+    );
+    let not_before = body["not_before"].as_u64().unwrap();
+    assert!(
+        (before + 30..=unix_now() + 30).contains(&not_before),
+        "SLEEP_SECONDS is not slept: {not_before}"
+    );
+
+    let audit = audit_lines(&f.audit);
+    assert_eq!(
+        audit.len(),
+        2,
+        "one token per Vault configuration: {audit:?}"
+    );
+    for line in &audit {
+        assert_eq!(
+            (line["caller"].as_str(), line["aud"].as_str()),
+            (Some("tfe"), Some("vault.workload.identity"))
+        );
+        assert!(line["sub"].as_str().unwrap().ends_with(":run_phase:apply"));
+    }
+    let text = metrics(&f.server).await;
+    for line in [
+        "tfe_oidc_vault_requests_total{step=\"vault_login\",outcome=\"ok\"} 2",
+        "tfe_oidc_vault_requests_total{step=\"aws\",outcome=\"ok\"} 2",
+        "tfe_oidc_vault_requests_total{step=\"gcp\",outcome=\"ok\"} 2",
+        "tfe_oidc_vault_requests_total{step=\"azure\",outcome=\"ok\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+
+    let (status, done) = revoke(&f.server, vault).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        done,
+        json!({"revoked": {"default": "revoked", "TEAM_B": "revoked"}})
+    );
+    let tokens = [
+        default["token"].as_str().unwrap(),
+        team_b["token"].as_str().unwrap(),
+    ];
+    assert_no_secret_logged(
+        &[s.all(), tokens.to_vec(), vec![f.server.tokens.all.as_str()]].concat(),
+    );
+}
+
+/// No secret the tests used is in any log line of this test binary's services, and no JWT is.
+fn assert_no_secret_logged(secrets: &[&str]) {
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("credential exchange done"),
+        "the logs were not captured"
+    );
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a secret is in the logs: {secret}");
+    }
+    assert!(
+        !logs.contains("eyJ"),
+        "a JWT (or other base64 JSON) is in the logs"
+    );
+}
+
+/// `TFC_VAULT_PLAN_ROLE` / `TFC_VAULT_APPLY_ROLE` are chosen by the run's phase, and the token
+/// carries that phase: the plan role refuses an apply token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_apply_runs_log_in_with_their_roles() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    let addr = f.bao.addr.clone();
+    let vars = [
+        ("TFC_VAULT_PROVIDER_AUTH", "true"),
+        ("TFC_VAULT_ADDR", addr.as_str()),
+        ("TFC_VAULT_PLAN_ROLE", "tfe-acme-prod-plan"),
+        ("TFC_VAULT_APPLY_ROLE", "tfe-acme-prod-apply"),
+    ];
+    for phase in ["plan", "apply"] {
+        let (status, body) = exchange(&f.server, phase, &vars).await;
+        assert_eq!(status, 200, "{body}");
+        let policies = &body["vault"]["default"]["policies"];
+        assert!(
+            policies
+                .as_array()
+                .unwrap()
+                .contains(&json!(format!("tfe-acme-prod-{phase}"))),
+            "{phase}: {policies}"
+        );
+    }
+    let wrong = [
+        ("TFC_VAULT_APPLY_ROLE", "tfe-acme-prod-plan"),
+        ("TFC_VAULT_PLAN_ROLE", "x"),
+    ];
+    let (status, body) = exchange(&f.server, "apply", &vault_vars(&addr, &wrong)).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("vault_login failed for configuration default"),
+        "{body}"
+    );
+}
+
+/// `TFC_VAULT_NAMESPACE` logs in to the JWT auth of that namespace (OpenBao 2.7.2's dev server
+/// has namespaces) and reads its engines; the token is valid there only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_logged_into_and_read() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    f.bao.root_write("sys/namespaces/team", json!({})).await;
+    let policy = deploy_vault().join("policy.hcl");
+    wire(
+        &f.bao,
+        &f.server,
+        policy.to_str().unwrap(),
+        "prod",
+        "*",
+        &[("VAULT_NAMESPACE", "team"), ("BAO_NAMESPACE", "team")],
+    );
+    let secrets = Secrets::new();
+    mount_engines(&f.bao, &secrets, Some("team")).await;
+    let addr = f.bao.addr.clone();
+    let vars = vault_vars(
+        &addr,
+        &[
+            ("TFC_VAULT_NAMESPACE", "team"),
+            ("TFC_VAULT_BACKED_AWS_AUTH", "true"),
+            ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "federation_token"),
+            ("TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE", "deploy"),
+        ],
+    );
+    let (status, body) = exchange(&f.server, "plan", &vars).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["vault"]["default"]["namespace"], "team");
+    assert_eq!(body["env"]["VAULT_NAMESPACE"], "team");
+    assert_eq!(
+        body["aws"]["default"]["secret_access_key"],
+        secrets.sts_secret.as_str(),
+        "read in the namespace, not the root"
+    );
+    let token = body["vault"]["default"]["token"].as_str().unwrap();
+    assert_eq!(lookup_status(&f.bao, token, Some("team")).await, 200);
+    let (status, done) = revoke(&f.server, &body["vault"]).await;
+    assert_eq!(
+        (status, &done["revoked"]["default"]),
+        (200, &json!("revoked")),
+        "{done}"
+    );
+    assert_eq!(lookup_status(&f.bao, token, Some("team")).await, 403);
+    assert_no_secret_logged(&[secrets.all(), vec![token]].concat());
+}
+
+/// A Vault behind TLS with a private CA: trusted through `TFC_VAULT_ENCODED_CACERT`, refused
+/// (502 at login, the TLS error named) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_behind_tls_is_trusted_through_encoded_cacert() {
+    let Some(f) = fixture(true).await else { return };
+    let addr = f.bao.addr.clone();
+    assert!(addr.starts_with("https://"));
+    let encoded = STANDARD.encode(f.bao.ca_pem.as_ref().unwrap());
+    let (status, body) = exchange(&f.server, "plan", &vault_vars(&addr, &[])).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("vault_login failed for configuration default: cannot reach vault"),
+        "{message}"
+    );
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    let (status, body) = exchange(
+        &f.server,
+        "plan",
+        &vault_vars(&addr, &[("TFC_VAULT_ENCODED_CACERT", encoded.as_str())]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let vault = &body["vault"];
+    assert!(
+        vault["default"]["ca_cert"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let (status, done) = revoke(&f.server, vault).await;
+    assert_eq!(
+        (status, &done["revoked"]["default"]),
+        (200, &json!("revoked")),
+        "{done}"
+    );
+}
+
+/// A policy without the engine path: 502 naming the step, the configuration and Vault's text;
+/// the Vault token obtained before is revoked rather than left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_read_the_policy_denies_is_a_502_naming_the_step() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    let addr = f.bao.addr.clone();
+    let vars = vault_vars(
+        &addr,
+        &[
+            ("TFC_VAULT_BACKED_AZURE_AUTH_DENIED", "true"),
+            ("TFC_VAULT_BACKED_AZURE_RUN_VAULT_ROLE_DENIED", "denied"),
+        ],
+    );
+    let (status, body) = exchange(&f.server, "plan", &vars).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream");
+    assert_eq!(
+        body["message"],
+        "azure failed for configuration DENIED: vault answered 403: permission denied"
+    );
+    let text = metrics(&f.server).await;
+    assert!(
+        text.contains("tfe_oidc_vault_requests_total{step=\"azure\",outcome=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tfe_oidc_vault_requests_total{step=\"revoke\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+}
+
+/// A role whose bound claims name another workspace: 502 naming `vault_login`, with Vault's
+/// own reason; the token of the other configuration, which did log in, is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_claims_that_refuse_the_workspace_are_a_502_naming_vault_login() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    let addr = f.bao.addr.clone();
+    let (status, body) = exchange(
+        &f.server,
+        "plan",
+        &vault_vars(
+            &addr,
+            &[
+                ("TFC_VAULT_RUN_ROLE", "tfe-acme-other"),
+                ("TFC_VAULT_PROVIDER_AUTH_OK", "true"),
+                ("TFC_VAULT_ADDR_OK", addr.as_str()),
+                ("TFC_VAULT_RUN_ROLE_OK", "tfe-acme-prod"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    let expected = format!(
+        "vault_login failed for configuration default: vault answered 400: {}",
+        reasons::SUB_MISMATCH
+    );
+    assert_eq!(body["message"], expected.as_str());
+    let text = metrics(&f.server).await;
+    for line in [
+        "tfe_oidc_vault_requests_total{step=\"vault_login\",outcome=\"error\"} 1",
+        "tfe_oidc_vault_requests_total{step=\"vault_login\",outcome=\"ok\"} 1",
+        "tfe_oidc_vault_requests_total{step=\"revoke\",outcome=\"ok\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+}
+
+/// A Vault that accepts the connection and never answers: 502 within `TFC_VAULT_CLIENT_TIMEOUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_vault_is_a_502_within_client_timeout() {
+    capture_logs();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in silent.incoming().take(2) {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    });
+    let files = tempfile::tempdir().unwrap();
+    let server = start_server(&[&addr], &files.path().join("audit.jsonl"), "60s").await;
+    let started = Instant::now();
+    let (status, body) = exchange(
+        &server,
+        "plan",
+        &vault_vars(&addr, &[("TFC_VAULT_CLIENT_TIMEOUT", "2")]),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        body["message"],
+        "vault_login failed for configuration default: vault did not answer within 2s"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        metrics(&server)
+            .await
+            .contains("tfe_oidc_vault_requests_total{step=\"vault_login\",outcome=\"timeout\"} 1")
+    );
+    drop(held);
+}
+
+/// An address outside `exchange.allowed_vault_addrs` is a 403 before any token is minted; a
+/// caller without the `credentials` scope is a 403 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_not_allowed_is_a_403_and_mints_nothing() {
+    capture_logs();
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let server = start_server(&["https://vault.internal:8200"], &audit, "60s").await;
+    let vars = vault_vars(
+        "http://127.0.0.1:9",
+        &[
+            ("TFC_VAULT_PROVIDER_AUTH_OK", "true"),
+            ("TFC_VAULT_ADDR_OK", "https://vault.internal:8200/"),
+            ("TFC_VAULT_RUN_ROLE_OK", "r"),
+        ],
+    );
+    let (status, body) = exchange(&server, "plan", &vars).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("TFC_VAULT_ADDR: \"http://127.0.0.1:9\" is not an allowed Vault address"),
+        "{body}"
+    );
+    assert!(audit_lines(&audit).is_empty(), "a token was minted");
+    let text = metrics(&server).await;
+    assert!(
+        text.contains("tfe_oidc_tokens_issued_total{phase=\"plan\"} 0"),
+        "{text}"
+    );
+    assert!(!text.contains("step=\"vault_login\""), "{text}");
+
+    let body = json!({"run": run_body("acme", "prod", "plan"), "variables": {}});
+    let (status, _) = post(
+        &server,
+        "/v1/credentials",
+        &server.tokens.tokens_only,
+        &body,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = post(
+        &server,
+        "/v1/credentials/revoke",
+        &server.tokens.tokens_only,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+/// Malformed variable sets: each a 400 whose `field` is `variables.<the variable at fault>`,
+/// and no token minted for any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_variable_sets_are_400_naming_the_variable() {
+    capture_logs();
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let addr = "https://vault.internal:8200";
+    let server = start_server(&[addr], &audit, "60s").await;
+    let aws = [
+        ("TFC_VAULT_BACKED_AWS_AUTH", "true"),
+        ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "iam_user"),
+        ("TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE", "r"),
+    ];
+    let gcp = [
+        ("TFC_VAULT_BACKED_GCP_AUTH", "true"),
+        ("TFC_VAULT_BACKED_GCP_AUTH_TYPE", "roleset/access_token"),
+    ];
+    let azure = [
+        ("TFC_VAULT_BACKED_AZURE_AUTH", "true"),
+        ("TFC_VAULT_BACKED_AZURE_RUN_VAULT_ROLE", "r"),
+    ];
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![], "TFC_VAULT_PROVIDER_AUTH"),
+        (
+            vault_vars(addr, &[("TFC_VAULT_PROVIDER_AUTH", "1")]),
+            "TFC_VAULT_PROVIDER_AUTH",
+        ),
+        (
+            vault_vars(addr, &[("TFC_DEFAULT_VAULT_PROVIDER_AUTH", "true")]),
+            "TFC_DEFAULT_VAULT_PROVIDER_AUTH",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_PROVIDER_AUTH_TYPE", "true")]),
+            "TFC_VAULT_PROVIDER_AUTH_TYPE",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_PROVIDER_AUTH_a.b", "true")]),
+            "TFC_VAULT_PROVIDER_AUTH_a.b",
+        ),
+        (
+            vec![
+                ("TFC_VAULT_PROVIDER_AUTH", "true"),
+                ("TFC_VAULT_RUN_ROLE", "r"),
+            ],
+            "TFC_VAULT_ADDR",
+        ),
+        (
+            vec![
+                ("TFC_VAULT_PROVIDER_AUTH", "true"),
+                ("TFC_VAULT_ADDR", addr),
+            ],
+            "TFC_VAULT_RUN_ROLE",
+        ),
+        (
+            vec![
+                ("TFC_VAULT_PROVIDER_AUTH", "true"),
+                ("TFC_VAULT_ADDR", "https://vault.internal:8200/v1"),
+                ("TFC_VAULT_RUN_ROLE", "r"),
+            ],
+            "TFC_VAULT_ADDR",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_RUN_ROLE", "../sys")]),
+            "TFC_VAULT_RUN_ROLE",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_AUTH_PATH", "jwt/")]),
+            "TFC_VAULT_AUTH_PATH",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_NAMESPACE", "a b")]),
+            "TFC_VAULT_NAMESPACE",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_CLIENT_TIMEOUT", "601")]),
+            "TFC_VAULT_CLIENT_TIMEOUT",
+        ),
+        (
+            vault_vars(addr, &[("TFC_VAULT_ENCODED_CACERT", "bm90IGEgY2VydA==")]),
+            "TFC_VAULT_ENCODED_CACERT",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[(
+                    "TFC_VAULT_WORKLOAD_IDENTITY_AUDIENCE",
+                    "not-allowed.example",
+                )],
+            ),
+            "TFC_VAULT_WORKLOAD_IDENTITY_AUDIENCE",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[("TFC_DEFAULT_VAULT_WORKLOAD_IDENTITY_AUDIENCE", "")],
+            ),
+            "TFC_DEFAULT_VAULT_WORKLOAD_IDENTITY_AUDIENCE",
+        ),
+        (
+            vault_vars(addr, &[aws[0], aws[2]]),
+            "TFC_VAULT_BACKED_AWS_AUTH_TYPE",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    aws[0],
+                    ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "session"),
+                    aws[2],
+                ],
+            ),
+            "TFC_VAULT_BACKED_AWS_AUTH_TYPE",
+        ),
+        (
+            vault_vars(addr, &[aws[0], aws[1]]),
+            "TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    aws[0],
+                    aws[1],
+                    aws[2],
+                    ("TFC_VAULT_BACKED_AWS_SLEEP_SECONDS", "1501"),
+                ],
+            ),
+            "TFC_VAULT_BACKED_AWS_SLEEP_SECONDS",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    aws[0],
+                    ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "assumed_role"),
+                    aws[2],
+                    ("TFC_VAULT_BACKED_AWS_PLAN_ROLE_ARN", "deploy"),
+                ],
+            ),
+            "TFC_VAULT_BACKED_AWS_PLAN_ROLE_ARN",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    aws[0],
+                    aws[1],
+                    aws[2],
+                    ("TFC_VAULT_BACKED_AWS_VAULT_CONFIG", "MISSING"),
+                ],
+            ),
+            "TFC_VAULT_BACKED_AWS_VAULT_CONFIG",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    aws[0],
+                    aws[1],
+                    aws[2],
+                    ("TFC_VAULT_BACKED_AWS_MOUNT_PATH", "/aws"),
+                ],
+            ),
+            "TFC_VAULT_BACKED_AWS_MOUNT_PATH",
+        ),
+        (
+            vault_vars(addr, &[("TFC_DEFAULT_VAULT_BACKED_GCP_AUTH", "true")]),
+            "TFC_DEFAULT_VAULT_BACKED_GCP_AUTH",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    gcp[0],
+                    (
+                        "TFC_VAULT_BACKED_GCP_AUTH_TYPE",
+                        "impersonated_account/access_token",
+                    ),
+                ],
+            ),
+            "TFC_VAULT_BACKED_GCP_AUTH_TYPE",
+        ),
+        (
+            vault_vars(addr, &[gcp[0], gcp[1]]),
+            "TFC_VAULT_BACKED_GCP_RUN_VAULT_ROLESET",
+        ),
+        (
+            vault_vars(
+                addr,
+                &[
+                    azure[0],
+                    azure[1],
+                    ("TFC_VAULT_BACKED_AZURE_SLEEP_SECONDS", "soon"),
+                ],
+            ),
+            "TFC_VAULT_BACKED_AZURE_SLEEP_SECONDS",
+        ),
+        (
+            vec![
+                ("TFC_VAULT_PROVIDER_AUTH_A", "true"),
+                ("TFC_VAULT_ADDR_A", addr),
+                ("TFC_VAULT_RUN_ROLE_A", "r"),
+                azure[0],
+                azure[1],
+            ],
+            "TFC_VAULT_BACKED_AZURE_VAULT_CONFIG",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (vars, variable) in &cases {
+        let (status, body) = exchange(&server, "plan", vars).await;
+        assert_eq!(status, 400, "{vars:?}: {body}");
+        assert_eq!(
+            body["field"],
+            format!("variables.{variable}"),
+            "{vars:?}: {body}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{variable}: ")),
+            "{vars:?}: {message}"
+        );
+    }
+    assert!(
+        audit_lines(&audit).is_empty(),
+        "a token was minted for a bad variable set"
+    );
+    let body =
+        json!({"run": run_body("acme", "prod", "plan"), "variables": {"TFC_VAULT_ADDR": 8200}});
+    let (status, body) = post(&server, "/v1/credentials", &server.tokens.all, &body).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("variables.TFC_VAULT_ADDR")),
+        "{body}"
+    );
+}
+
+/// Revoking makes the Vault token unusable; revoking it again is not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_makes_the_token_unusable_and_is_idempotent() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    let addr = f.bao.addr.clone();
+    let (status, body) = exchange(&f.server, "plan", &vault_vars(&addr, &[])).await;
+    assert_eq!(status, 200, "{body}");
+    let vault = body["vault"].clone();
+    let token = vault["default"]["token"].as_str().unwrap();
+    assert_eq!(lookup_status(&f.bao, token, None).await, 200);
+    assert_eq!(f.bao.read_status(token, "aws/creds/deploy").await, 200);
+    let (status, done) = revoke(&f.server, &vault).await;
+    assert_eq!(
+        (status, done),
+        (200, json!({"revoked": {"default": "revoked"}}))
+    );
+    assert_eq!(lookup_status(&f.bao, token, None).await, 403);
+    assert_eq!(f.bao.read_status(token, "aws/creds/deploy").await, 403);
+    let (status, done) = revoke(&f.server, &vault).await;
+    assert_eq!(
+        (status, done),
+        (200, json!({"revoked": {"default": "not_valid"}}))
+    );
+
+    let mut elsewhere = vault.clone();
+    elsewhere["default"]["address"] = json!("http://127.0.0.1:9");
+    let (status, body) = revoke(&f.server, &elsewhere).await;
+    assert_eq!(status, 403, "revocation honours the allowlist too: {body}");
+    let (status, body) = revoke(&f.server, &json!({"aliases": {}})).await;
+    assert_eq!(status, 400, "{body}");
+    let mut injected = vault.clone();
+    injected["default"]["namespace"] = json!("team\r\nX-Other: 1");
+    let (status, body) = revoke(&f.server, &injected).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("default.namespace")),
+        "{body}"
+    );
+    assert_no_secret_logged(&[token]);
+}
+
+/// The Vault client's general calls (the transit key store will use them too): write, read,
+/// lookup-self, renew-self with an increment, revoke-self, and a revoked token recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vault_client_makes_vaults_own_calls() {
+    let Some(bao) = Bao::start().await else {
+        return;
+    };
+    let clients = VaultClients::new();
+    let endpoint = Endpoint {
+        address: bao.addr.clone(),
+        namespace: None,
+        ca_pem: None,
+        timeout: Duration::from_secs(10),
+    };
+    let vault = clients.connect(&endpoint).unwrap();
+    let root = VaultToken::new("root");
+    let written = vault
+        .write(&root, "secret/data/app", &json!({"data": {"k": "v"}}))
+        .await
+        .unwrap();
+    assert_eq!(written.unwrap().data["version"], 1);
+    let read = vault
+        .read(&root, "secret/data/app", &[("version", "1")])
+        .await
+        .unwrap();
+    assert_eq!(read.data["data"]["k"], "v");
+    let created = bao
+        .root_write(
+            "auth/token/create",
+            json!({"ttl": "10m", "policies": ["default"]}),
+        )
+        .await;
+    let child = VaultToken::new(created["auth"]["client_token"].as_str().unwrap());
+    let looked = vault.lookup_self(&child).await.unwrap();
+    assert_eq!(looked.data["ttl"].as_u64().map(|t| t > 500), Some(true));
+    let renewed = vault
+        .renew_self(&child, Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!((renewed.lease_duration, renewed.renewable), (120, true));
+    vault.revoke_self(&child).await.unwrap();
+    let e = vault.lookup_self(&child).await.unwrap_err();
+    assert!(e.is_bad_token(), "{e}");
+    assert_eq!(e.to_string(), "vault answered 403: permission denied");
+    assert!(!format!("{e:?} {child:?}").contains(child.expose()));
+    clients.connect(&endpoint).unwrap();
+    assert_eq!(clients.pool_count(), 1, "one pool per address and CA");
+}
