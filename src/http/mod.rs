@@ -265,6 +265,8 @@ const ROUTES: &[&str] = &[
     "/v1/keys",
     "/v1/keys/rotate",
     "/v1/keys/{kid}/revoke",
+    "/v1/credentials",
+    "/v1/credentials/revoke",
 ];
 
 /// The layer that counts every request by listener, route and status, and times it.
