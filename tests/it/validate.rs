@@ -5,7 +5,7 @@
 //! documents (`common::FakeIssuer`). Each check is made to fail for its own reason, and the
 //! checks after it are reported as skipped.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
