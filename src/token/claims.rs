@@ -139,6 +139,26 @@ impl RunContext {
     }
 }
 
+/// The claim names of a workspace run token, in TFE's order.
+pub const RUN_CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_project_id",
+    "terraform_project_name",
+    "terraform_workspace_id",
+    "terraform_workspace_name",
+    "terraform_full_workspace",
+    "terraform_run_id",
+    "terraform_run_phase",
+];
+
 /// The claims of a workspace run token, in TFE's order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {

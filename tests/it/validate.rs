@@ -640,3 +640,20 @@ async fn a_listener_that_demands_client_certificates_is_named_with_vaults_limit(
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn module_test_and_stacks_tokens_pass_with_their_own_claim_sets() {
+    let server = tls_server().await;
+    for body in [
+        common::module_test_body("acme", "vpc"),
+        common::stack_body("production", "apply"),
+    ] {
+        let minted = server.mint_body(&body).await;
+        let file = token_file(server.dir.path(), minted["token"].as_str().unwrap());
+        let out = validate_json(server.issuer(), Some(&ca_of(&server)), &["--token", &file]).await;
+        assert_eq!(out.code, 0, "{body}: {out:?}");
+        let claims = out.check("token_claims");
+        assert_eq!(claims["ok"], true, "{claims}");
+    }
+    server.stop().await;
+}
