@@ -4,7 +4,7 @@
 //!
 //! Both run against one real OpenBao dev server wired by `deploy/vault/configure.sh` with
 //! `policy.hcl`, the engine read being a KV v1 stand-in at `aws/creds/deploy` (as in
-//! `tests/exchange.rs`). Repetitions interleave the two, at 1 and 4 concurrent clients; the
+//! `tests/it/exchange.rs`). Repetitions interleave the two, at 1 and 4 concurrent clients; the
 //! report gives p50/p99 latency, operations per second and the exchange/direct ratios (target:
 //! the exchange adds at most 15%).
 //!
@@ -12,7 +12,7 @@
 //! `cargo test --all-targets` (no `--bench` argument) it makes three operations of each kind and
 //! measures nothing.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 #     -var issuer=https://tfe-oidc.internal:8443 -var ca_file=/etc/tfe-oidc/tls/ca.pem \
 #     -var organization=acme -var workspace=prod
 #
-# configure.sh is exercised against a real OpenBao by tests/openbao.rs; this file writes the
+# configure.sh is exercised against a real OpenBao by tests/it/openbao.rs; this file writes the
 # same values (see README.md).
 
 terraform {

@@ -47,19 +47,27 @@ impl RunPhase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audience(String);
 
+/// Text that cannot be an audience.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AudienceError {
+    #[error("an audience must be 1 to 256 characters")]
+    Length,
+    #[error(
+        "an audience must be printable ASCII, without whitespace, control characters or `*` (e.g. vault.workload.identity)"
+    )]
+    Characters,
+}
+
 impl Audience {
-    pub fn parse(text: &str) -> Result<Audience, String> {
+    pub fn parse(text: &str) -> Result<Audience, AudienceError> {
         if text.is_empty() || text.len() > 256 {
-            return Err("an audience must be 1 to 256 characters".into());
+            return Err(AudienceError::Length);
         }
         // Printable ASCII only: a verifier compares audiences byte for byte, and look-alike or
         // bidirectional-control characters would make two audiences that read the same differ.
         // `*` is the allowlist's wildcard, never part of an audience.
         if !text.bytes().all(|b| b.is_ascii_graphic() && b != b'*') {
-            return Err(
-                "an audience must be printable ASCII, without whitespace, control characters or `*` (e.g. vault.workload.identity)"
-                    .into(),
-            );
+            return Err(AudienceError::Characters);
         }
         Ok(Audience(text.to_owned()))
     }
@@ -138,6 +146,26 @@ impl RunContext {
         )
     }
 }
+
+/// The claim names of a workspace run token, in TFE's order.
+pub const RUN_CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_project_id",
+    "terraform_project_name",
+    "terraform_workspace_id",
+    "terraform_workspace_name",
+    "terraform_full_workspace",
+    "terraform_run_id",
+    "terraform_run_phase",
+];
 
 /// The claims of a workspace run token, in TFE's order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

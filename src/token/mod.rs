@@ -91,7 +91,9 @@ impl TokenIssuer {
     fn audience(&self, requested: Option<&str>) -> Result<Audience, FieldError> {
         let audience = match requested {
             None => self.policy.default_audience.clone(),
-            Some(text) => Audience::parse(text).map_err(|m| FieldError::new("audience", m))?,
+            Some(text) => {
+                Audience::parse(text).map_err(|e| FieldError::new("audience", e.to_string()))?
+            }
         };
         if !self.policy.allows(audience.as_str()) {
             return Err(FieldError::new(

@@ -69,6 +69,21 @@ impl ModuleTestContext {
     }
 }
 
+/// The claim names of a module-test token, in TFE's order.
+pub const CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_run_phase",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_run_id",
+];
+
 /// The claims of a module-test token, in TFE's order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ModuleTestClaims {

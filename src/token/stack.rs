@@ -118,6 +118,26 @@ fn operation(text: &str) -> Result<RunPhase, FieldError> {
     })
 }
 
+/// The claim names of a Stacks deployment token, in TFE's order.
+pub const CLAIMS: &[&str] = &[
+    "jti",
+    "iss",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "sub",
+    "terraform_operation",
+    "terraform_stack_deployment_name",
+    "terraform_stack_id",
+    "terraform_stack_name",
+    "terraform_project_id",
+    "terraform_project_name",
+    "terraform_organization_id",
+    "terraform_organization_name",
+    "terraform_plan_id",
+];
+
 /// The claims of a Stacks deployment token, in TFE's order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StackClaims {

@@ -12,9 +12,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
 
 use crate::discovery::{Jwk, JwkSet};
-use crate::token::claims::{Claims, NamedInput, RunContext, RunIdInput, RunInput};
-use crate::token::module_test::{ModuleInput, ModuleTestClaims, ModuleTestContext};
-use crate::token::stack::{DeploymentInput, PlanInput, StackClaims, StackContext, StackInput};
+use crate::token::claims::{Claims, NamedInput, RUN_CLAIMS, RunContext, RunIdInput, RunInput};
+use crate::token::module_test::{self, ModuleInput, ModuleTestClaims, ModuleTestContext};
+use crate::token::stack::{
+    self, DeploymentInput, PlanInput, StackClaims, StackContext, StackInput,
+};
 
 use super::net::span;
 use super::report::{Check, Report};
@@ -163,57 +165,6 @@ fn claims_check(claims: &Map<String, Value>, issuer: &str) -> Check {
     }
 }
 
-/// The claim names of each kind of token TFE signs.
-const RUN_CLAIMS: &[&str] = &[
-    "jti",
-    "iss",
-    "aud",
-    "iat",
-    "nbf",
-    "exp",
-    "sub",
-    "terraform_organization_id",
-    "terraform_organization_name",
-    "terraform_project_id",
-    "terraform_project_name",
-    "terraform_workspace_id",
-    "terraform_workspace_name",
-    "terraform_full_workspace",
-    "terraform_run_id",
-    "terraform_run_phase",
-];
-const MODULE_TEST_CLAIMS: &[&str] = &[
-    "jti",
-    "iss",
-    "aud",
-    "iat",
-    "nbf",
-    "exp",
-    "sub",
-    "terraform_run_phase",
-    "terraform_organization_id",
-    "terraform_organization_name",
-    "terraform_run_id",
-];
-const STACK_CLAIMS: &[&str] = &[
-    "jti",
-    "iss",
-    "aud",
-    "iat",
-    "nbf",
-    "exp",
-    "sub",
-    "terraform_operation",
-    "terraform_stack_deployment_name",
-    "terraform_stack_id",
-    "terraform_stack_name",
-    "terraform_project_id",
-    "terraform_project_name",
-    "terraform_organization_id",
-    "terraform_organization_name",
-    "terraform_plan_id",
-];
-
 /// A token's `sub`, and the `sub` its other claims make.
 type SubjectOf = fn(&Value) -> Result<(String, String), String>;
 
@@ -221,11 +172,11 @@ type SubjectOf = fn(&Value) -> Result<(String, String), String>;
 /// for `issuer`. The kind is told by the claim that only it carries.
 fn claims_problem(claims: &Map<String, Value>, issuer: &str) -> Result<String, String> {
     let (names, expected_sub): (&[&str], SubjectOf) = if claims.contains_key("terraform_stack_id") {
-        (STACK_CLAIMS, stack_subject)
+        (stack::CLAIMS, stack_subject)
     } else if claims.contains_key("terraform_workspace_id") {
         (RUN_CLAIMS, run_subject)
     } else {
-        (MODULE_TEST_CLAIMS, module_test_subject)
+        (module_test::CLAIMS, module_test_subject)
     };
     let present: Vec<&str> = claims.keys().map(String::as_str).collect();
     let missing: Vec<&&str> = names.iter().filter(|n| !present.contains(n)).collect();

@@ -3,7 +3,7 @@
 //! start-up writes nothing until both ports are bound, SIGHUP reloads files, and SIGTERM answers
 //! what was already sent.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

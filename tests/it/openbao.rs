@@ -8,7 +8,7 @@
 //! issuer's own `/metrics`, which is how the revocation test shows exactly when OpenBao stops
 //! trusting a revoked key.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

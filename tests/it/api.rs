@@ -2,7 +2,7 @@
 //! token issuance and its claims (docs/reference.md §6), every refusal of `POST /v1/tokens` with its exact
 //! error code and field, the admin key routes (docs/reference.md §7), metrics, probes and the audit file.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

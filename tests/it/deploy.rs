@@ -3,7 +3,7 @@
 //! manifests are well-formed YAML that agree with the configuration they carry, and the TLS
 //! recipe renews a certificate under the same CA.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

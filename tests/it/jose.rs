@@ -2,7 +2,7 @@
 //! the JWKS from the discovery listener over HTTP and over HTTPS with a private CA, and check
 //! every token against TFE's shape of its kind as `verify.py` writes it out.
 
-mod common;
+use crate::common;
 
 use common::{
     Options, TestServer, module_test_body, require_python_jose, run_body, stack_body,

@@ -18,7 +18,7 @@
 //! Runs as root (CI does). Without root or `ip`, it fails in CI and skips only with
 //! `TFE_OIDC_ALLOW_SKIP=1`. Everything is torn down by a guard, also when a test fails.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

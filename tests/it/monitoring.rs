@@ -4,7 +4,7 @@
 //! HTTP API, every dashboard query and every alert expression must evaluate and return series,
 //! and TfeOidcRotationStopped is made to fire for real by a key store on a tmpfs that fills up.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::Write as _;

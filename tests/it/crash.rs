@@ -11,8 +11,8 @@
 //! (`jsonwebtoken`), against the JWKS a server would serve from it. Delays come from a seeded PRNG;
 //! the seed is printed (`INVARIANT_TEST_SEED` replays the choices, not the kernel's timing).
 
-mod common;
-mod invariant;
+use crate::common;
+use crate::invariant;
 
 use std::collections::HashSet;
 use std::fs;

@@ -2,7 +2,7 @@
 //! executable as a subprocess with a clean environment, its own temporary directory and its own
 //! loopback ports, and talks to it over plain HTTP/1.1.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -13,7 +13,7 @@
 //! The silent Vault is a plain TCP listener that accepts and never answers: a real Vault cannot
 //! be made to do that on purpose.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

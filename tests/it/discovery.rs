@@ -2,7 +2,7 @@
 //! against hand-checked golden files, the JWKS's contents, the HTTP caching and method rules,
 //! key rotation as seen by a client, TLS 1.2 and 1.3, the peer allow list and mTLS.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

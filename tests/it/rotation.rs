@@ -11,8 +11,8 @@
 //! an independent verifier (`jsonwebtoken`) against the JWK taken from the served JWKS JSON.
 //! Random choices come from a seeded PRNG; the seed is printed (`INVARIANT_TEST_SEED` replays it).
 
-mod common;
-mod invariant;
+use crate::common;
+use crate::invariant;
 
 use std::collections::HashSet;
 use std::fs;

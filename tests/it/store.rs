@@ -4,7 +4,7 @@
 //! directory or key file another user could change, deletes only the files it names, and rewrites
 //! a key file deleted under a running server (or says on `/readyz` why it cannot).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, symlink};

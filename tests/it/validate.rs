@@ -5,7 +5,7 @@
 //! documents (`common::FakeIssuer`). Each check is made to fail for its own reason, and the
 //! checks after it are reported as skipped.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -638,5 +638,22 @@ async fn a_listener_that_demands_client_certificates_is_named_with_vaults_limit(
             .contains("cannot present a client certificate"),
         "{check}"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn module_test_and_stacks_tokens_pass_with_their_own_claim_sets() {
+    let server = tls_server().await;
+    for body in [
+        common::module_test_body("acme", "vpc"),
+        common::stack_body("production", "apply"),
+    ] {
+        let minted = server.mint_body(&body).await;
+        let file = token_file(server.dir.path(), minted["token"].as_str().unwrap());
+        let out = validate_json(server.issuer(), Some(&ca_of(&server)), &["--token", &file]).await;
+        assert_eq!(out.code, 0, "{body}: {out:?}");
+        let claims = out.check("token_claims");
+        assert_eq!(claims["ok"], true, "{claims}");
+    }
     server.stop().await;
 }

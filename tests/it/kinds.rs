@@ -3,7 +3,7 @@
 //! injection by name; a Stacks `sub` over 127 characters; mixed kinds; and the metrics and audit
 //! trail staying bounded.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
