@@ -3,7 +3,7 @@
 //! Prometheus project's `prometheus-client` (`Family<Labels, Counter>` and
 //! `Family<Labels, Histogram>`: an `RwLock<HashMap>` per family and a `Mutex` per histogram).
 //! Every JWKS request pays this once, so it decides whether prometheus-client can replace the
-//! hand-written exposition without costing JWKS throughput (docs/metrics-decision.md).
+//! hand-written exposition without costing JWKS throughput (README, "Metrics: hand-written, not prometheus-client").
 //!
 //! `cargo bench --bench metrics`: each figure is the median of 5 runs of 2,000,000 recordings
 //! per thread, on 1 thread and on 2 threads recording at once (contention, as two cores serving
