@@ -1,5 +1,6 @@
 //! The commands of docs/reference.md §1: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
-//! usage or configuration). Each command is a short function over the library.
+//! usage or configuration; `run` adds 69, 73, 77, 126 and 127 for what stops it before COMMAND, and
+//! otherwise exits with COMMAND's status). Each command is a short function over the library.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,17 +14,30 @@ use crate::http::auth::{self, Scope};
 use crate::keys::manager::{KeyManager, ManagerError};
 use crate::keys::store::{StoreError, read_unlocked};
 use crate::keys::{KeySet, SystemClock, listing};
+use crate::run::RunError;
 use crate::service::{self, StartError};
 use crate::token::claims::FieldError;
 use crate::token::kinds::InputError;
 use crate::validate::command::ValidateError;
 
 mod issue;
+mod run;
 
 pub use issue::IssueArgs;
+pub use run::RunArgs;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
+/// `run`: the API cannot be reached or failed, or Vault failed during the exchange.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// `run`: the credential files cannot be written.
+pub const EXIT_CANT_CREATE: u8 = 73;
+/// `run`: the API refused the caller's token or the Vault address.
+pub const EXIT_NO_PERMISSION: u8 = 77;
+/// `run`: COMMAND exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: u8 = 126;
+/// `run`: COMMAND cannot be found.
+pub const EXIT_NOT_FOUND: u8 = 127;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +94,8 @@ pub enum Command {
     ApiToken(ApiTokenCommand),
     /// Check discovery, keys and (optionally) a token from where Vault runs.
     Validate(ValidateArgs),
+    /// Run COMMAND with a run's Vault-backed dynamic credentials, as TFE's agent does.
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +171,10 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
         Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
+        Command::Run(args) => match run::run(*args) {
+            Ok(status) => return ExitCode::from(status),
+            Err(failure) => Err(failure),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -238,6 +258,25 @@ impl From<ValidateError> for Failure {
         match e {
             ValidateError::CaFile { .. } | ValidateError::Token { .. } => Failure::usage(e),
             ValidateError::Runtime(_) | ValidateError::ChecksFailed { .. } => Failure::failed(e),
+        }
+    }
+}
+
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Failure {
+        let code = match &e {
+            RunError::Usage(_) | RunError::Invalid(_) => EXIT_USAGE,
+            RunError::Unavailable(_) | RunError::Vault(_) => EXIT_UNAVAILABLE,
+            RunError::Refused { .. } => EXIT_NO_PERMISSION,
+            RunError::Files(_) => EXIT_CANT_CREATE,
+            RunError::Spawn { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_NOT_EXECUTABLE,
+            },
+        };
+        Failure {
+            code,
+            message: e.to_string(),
         }
     }
 }
