@@ -1,5 +1,10 @@
 //! COMMAND as a child process: its environment, the forwarding of SIGINT and SIGTERM to it, and
 //! its exit status as `run`'s (128 + signal when a signal ended it).
+//!
+//! COMMAND stays in `run`'s process group, so that it keeps the terminal. A Ctrl-C at that
+//! terminal reaches both already; forwarding it too would be a second interrupt, which Terraform
+//! takes as "stop now, without cleaning up". So a SIGINT is forwarded only when `run` is not in
+//! the terminal's foreground process group.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -65,6 +70,7 @@ pub async fn run(
 
 fn forward(pid: Option<Pid>, number: u8) {
     let signal = match number {
+        2 if from_terminal() => return,
         2 => Signal::INT,
         _ => Signal::TERM,
     };
@@ -73,6 +79,14 @@ fn forward(pid: Option<Pid>, number: u8) {
     {
         tracing::warn!(error = %e, "cannot forward the signal to the command");
     }
+}
+
+/// Whether a SIGINT most likely came from the terminal: `run` is in its foreground group.
+fn from_terminal() -> bool {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    rustix::termios::tcgetpgrp(&tty).is_ok_and(|group| group == rustix::process::getpgrp())
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {

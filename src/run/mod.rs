@@ -140,3 +140,30 @@ async fn revoke(api: &ApiClient, answer: &Value) {
         Err(e) => eprintln!("tfe-oidc: cannot revoke the vault tokens of this run: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exchange_variables_are_forwarded() {
+        let env = [
+            ("TFC_VAULT_ADDR", "a"),
+            ("TFC_DEFAULT_VAULT_RUN_ROLE", "r"),
+            ("TFC_WORKLOAD_IDENTITY_AUDIENCE_X", "aud"),
+            ("TFC_AWS_PROVIDER_AUTH", "true"),
+            ("TFE_OIDC_RUN_API_TOKEN_FILE", "/secret"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let forwarded: Vec<String> = variables(env.into_iter()).into_keys().collect();
+        assert_eq!(
+            forwarded,
+            [
+                "TFC_DEFAULT_VAULT_RUN_ROLE",
+                "TFC_VAULT_ADDR",
+                "TFC_WORKLOAD_IDENTITY_AUDIENCE_X"
+            ]
+        );
+    }
+}
