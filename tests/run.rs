@@ -389,8 +389,12 @@ async fn files_and_tf_vars_carry_every_configuration() {
         assert_eq!(f.lookup(token).await, 403, "{name} revoked afterwards");
     }
     assert_empty(&tmp);
-    let default_token = tokens["default"]["token"].as_str().unwrap();
-    f.assert_quiet(&output, &[default_token]);
+    let printed_never = [
+        tokens["default"]["token"].as_str().unwrap(),
+        tokens["TEAM_B"]["token"].as_str().unwrap(),
+        r["env"]["TFC_WORKLOAD_IDENTITY_TOKEN"].as_str().unwrap(),
+    ];
+    f.assert_quiet(&output, &printed_never);
 }
 
 /// A command that fails still has its credentials revoked and its files deleted, and `run`
@@ -530,4 +534,68 @@ async fn failures_before_the_command_never_run_it() {
     let output = run_to_end(command);
     assert_eq!(output.status.code(), Some(69), "{output:?}");
     assert!(!marker.exists());
+}
+
+/// A SIGTERM while `run` waits for `not_before` (an AWS `SLEEP_SECONDS`) never starts COMMAND:
+/// the credentials are revoked, the files deleted, and `run` exits 143 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_not_before_revokes_without_running() {
+    let Some(f) = fixture().await else { return };
+    let mut vars = vault_vars(&f.bao.addr);
+    vars.extend([
+        ("TFC_VAULT_BACKED_AWS_AUTH", "true".into()),
+        ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "iam_user".into()),
+        ("TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE", "deploy".into()),
+        ("TFC_VAULT_BACKED_AWS_SLEEP_SECONDS", "60".into()),
+    ]);
+    let marker = f.path("ran");
+    let touch = format!("touch {marker:?}");
+    let (mut command, tmp) = f.command("prod", &borrowed(&vars), &["sh", "-c", &touch]);
+    let child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(tmp.path()).unwrap().next().is_none() {
+        assert!(Instant::now() < deadline, "run never wrote its files");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "not_before was still waited for"
+    );
+    assert_eq!(output.status.code(), Some(143), "{output:?}");
+    assert!(!marker.exists(), "COMMAND ran");
+    assert_empty(&tmp);
+    let metrics = reqwest::get(f.server.api_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tfe_oidc_vault_requests_total{step=\"revoke\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    f.assert_quiet(&output, &[]);
+}
+
+/// A COMMAND that cannot be found is 127, after the credentials were revoked and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_command_is_127_and_still_cleans_up() {
+    let Some(f) = fixture().await else { return };
+    let vars = vault_vars(&f.bao.addr);
+    let (command, tmp) = f.command("prod", &borrowed(&vars), &["no-such-command-tfe-oidc"]);
+    let output = run_to_end(command);
+    assert_eq!(output.status.code(), Some(127), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot run no-such-command-tfe-oidc"),
+        "{stderr}"
+    );
+    assert_empty(&tmp);
+    f.assert_quiet(&output, &[]);
 }
