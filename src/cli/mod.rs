@@ -11,9 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
 use crate::http::auth::{self, Scope};
-use crate::keys::manager::{KeyManager, ManagerError};
-use crate::keys::store::{StoreError, read_unlocked};
-use crate::keys::{KeySet, SystemClock, listing};
+use crate::keys::SystemClock;
+use crate::keys::manager::ManagerError;
+use crate::keys::store::StoreError;
 use crate::run::RunError;
 use crate::service::{self, StartError};
 use crate::token::claims::FieldError;
@@ -21,6 +21,7 @@ use crate::token::kinds::InputError;
 use crate::validate::command::ValidateError;
 
 mod issue;
+mod keys;
 mod run;
 
 pub use issue::IssueArgs;
@@ -164,8 +165,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(c) => serve(c),
         Command::CheckConfig(c) => check_config(c),
-        Command::Keys(KeysCommand::List { config, format }) => keys_list(config, format),
-        Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Keys(KeysCommand::List { config, format }) => keys::list(config, format),
+        Command::Keys(KeysCommand::Rotate { config, force }) => keys::rotate(config, force),
         Command::Token(command) => match *command {
             TokenCommand::Issue(args) => issue::token_issue(args),
         },
@@ -349,28 +350,6 @@ fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     Ok(())
 }
 
-fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
-    let config = load(&arg)?;
-    let loaded = read_unlocked(&config.keys.dir)?;
-    match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&listing(&loaded.set)).expect("json")
-        ),
-        OutputFormat::Text => print!("{}", key_table(&loaded.set)),
-    }
-    Ok(())
-}
-
-fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
-    let config = load(&arg)?;
-    let store = service::open_store(&config)?;
-    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
-    let set = manager.rotate(force)?;
-    print!("{}", key_table(&set));
-    Ok(())
-}
-
 fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Failure::usage(
@@ -401,30 +380,4 @@ fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}\n{line}", token.0);
     Ok(())
-}
-
-fn key_table(set: &KeySet) -> String {
-    let time = |t: Option<u64>| match t {
-        Some(t) => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-        )
-        .to_string(),
-        None => "-".into(),
-    };
-    let mut out = format!(
-        "{:<43}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}\n",
-        "KID", "STATE", "CREATED", "ACTIVATED", "RETIRED", "VERIFY_UNTIL"
-    );
-    for k in &set.keys {
-        out.push_str(&format!(
-            "{:<43}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}\n",
-            k.kid.as_str(),
-            k.state.as_str(),
-            time(Some(k.created_at)),
-            time(k.activated_at),
-            time(k.retired_at),
-            time(k.verify_until)
-        ));
-    }
-    out
 }
