@@ -13,6 +13,8 @@
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
 //! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
 //! - [`vault`]: the one Vault client: connection pools per address and CA, typed calls and errors.
+//! - [`run`]: `tfe-oidc run`, the agent side of the exchange: files, environment, COMMAND,
+//!   renewal and revocation.
 //! - [`validate`]: the network validator, run where Vault runs; never touches the key store.
 //! - [`cli`]: the commands of docs/reference.md §1 and their exit statuses.
 
@@ -22,6 +24,7 @@ pub mod discovery;
 pub mod exchange;
 pub mod http;
 pub mod keys;
+pub mod run;
 pub mod service;
 pub mod telemetry;
 pub mod token;

@@ -1,5 +1,6 @@
 //! The commands of docs/reference.md §1: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
-//! usage or configuration). Each command is a short function over the library.
+//! usage or configuration; `run` adds 69, 73, 77, 126 and 127 for what stops it before COMMAND, and
+//! otherwise exits with COMMAND's status). Each command is a short function over the library.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,20 +11,34 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
 use crate::http::auth::{self, Scope};
-use crate::keys::manager::{KeyManager, ManagerError};
-use crate::keys::store::{StoreError, read_unlocked};
-use crate::keys::{KeySet, SystemClock, listing};
+use crate::keys::SystemClock;
+use crate::keys::manager::ManagerError;
+use crate::keys::store::StoreError;
+use crate::run::RunError;
 use crate::service::{self, StartError};
 use crate::token::claims::FieldError;
 use crate::token::kinds::InputError;
 use crate::validate::command::ValidateError;
 
 mod issue;
+mod keys;
+mod run;
 
 pub use issue::IssueArgs;
+pub use run::RunArgs;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
+/// `run`: the API cannot be reached or failed, or Vault failed during the exchange.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// `run`: the credential files cannot be written.
+pub const EXIT_CANT_CREATE: u8 = 73;
+/// `run`: the API refused the caller's token or the Vault address.
+pub const EXIT_NO_PERMISSION: u8 = 77;
+/// `run`: COMMAND exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: u8 = 126;
+/// `run`: COMMAND cannot be found.
+pub const EXIT_NOT_FOUND: u8 = 127;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +95,8 @@ pub enum Command {
     ApiToken(ApiTokenCommand),
     /// Check discovery, keys and (optionally) a token from where Vault runs.
     Validate(ValidateArgs),
+    /// Run COMMAND with a run's Vault-backed dynamic credentials, as TFE's agent does.
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,13 +165,17 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(c) => serve(c),
         Command::CheckConfig(c) => check_config(c),
-        Command::Keys(KeysCommand::List { config, format }) => keys_list(config, format),
-        Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Keys(KeysCommand::List { config, format }) => keys::list(config, format),
+        Command::Keys(KeysCommand::Rotate { config, force }) => keys::rotate(config, force),
         Command::Token(command) => match *command {
             TokenCommand::Issue(args) => issue::token_issue(args),
         },
         Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
         Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
+        Command::Run(args) => match run::run(*args) {
+            Ok(status) => return ExitCode::from(status),
+            Err(failure) => Err(failure),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -242,6 +263,25 @@ impl From<ValidateError> for Failure {
     }
 }
 
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Failure {
+        let code = match &e {
+            RunError::Usage(_) | RunError::Invalid(_) => EXIT_USAGE,
+            RunError::Unavailable(_) | RunError::Vault(_) => EXIT_UNAVAILABLE,
+            RunError::Refused { .. } => EXIT_NO_PERMISSION,
+            RunError::Files(_) => EXIT_CANT_CREATE,
+            RunError::Spawn { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_NOT_EXECUTABLE,
+            },
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
 pub(super) fn load(arg: &ConfigArg) -> Result<Config, Failure> {
     Ok(Config::load(arg.config.as_deref())?)
 }
@@ -310,28 +350,6 @@ fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     Ok(())
 }
 
-fn keys_list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
-    let config = load(&arg)?;
-    let loaded = read_unlocked(&config.keys.dir)?;
-    match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&listing(&loaded.set)).expect("json")
-        ),
-        OutputFormat::Text => print!("{}", key_table(&loaded.set)),
-    }
-    Ok(())
-}
-
-fn keys_rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
-    let config = load(&arg)?;
-    let store = service::open_store(&config)?;
-    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
-    let set = manager.rotate(force)?;
-    print!("{}", key_table(&set));
-    Ok(())
-}
-
 fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Failure::usage(
@@ -362,30 +380,4 @@ fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}\n{line}", token.0);
     Ok(())
-}
-
-fn key_table(set: &KeySet) -> String {
-    let time = |t: Option<u64>| match t {
-        Some(t) => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-        )
-        .to_string(),
-        None => "-".into(),
-    };
-    let mut out = format!(
-        "{:<43}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}\n",
-        "KID", "STATE", "CREATED", "ACTIVATED", "RETIRED", "VERIFY_UNTIL"
-    );
-    for k in &set.keys {
-        out.push_str(&format!(
-            "{:<43}  {:<7}  {:<20}  {:<20}  {:<20}  {:<20}\n",
-            k.kid.as_str(),
-            k.state.as_str(),
-            time(Some(k.created_at)),
-            time(k.activated_at),
-            time(k.retired_at),
-            time(k.verify_until)
-        ));
-    }
-    out
 }

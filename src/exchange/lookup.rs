@@ -125,6 +125,25 @@ impl<'a> Variables<'a> {
         })
     }
 
+    /// Every variable named `name` (the default configuration) or `name_<TAG>`, with its
+    /// configuration; no `TFC_DEFAULT_` form (manual audiences have none).
+    pub fn tagged(&self, name: &str) -> Result<Vec<(ConfigName, Found<'a>)>, VariableError> {
+        let mut found = Vec::new();
+        for (key, value) in self.map {
+            let config = match after(key, name) {
+                None => continue,
+                Some(None) => ConfigName::Default,
+                Some(Some(tag)) => ConfigName::Tag(check_tag(key, tag)?),
+            };
+            let entry = Found {
+                variable: key.as_str(),
+                value: value.as_str(),
+            };
+            found.push((config, entry));
+        }
+        Ok(found)
+    }
+
     /// The configurations `enable` switches on: `enable=true` (default) and `enable_<TAG>=true`.
     /// `skip` is a suffix that belongs to another variable (`TYPE` for `…_AUTH_TYPE`).
     pub fn enabled(

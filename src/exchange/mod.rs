@@ -109,10 +109,15 @@ impl Exchanger {
                 return Err(VariableError::new(&config.audience_variable, why).into());
             }
         }
+        for manual in &plan.manual {
+            if let Some(why) = minter.refuses(&manual.audience) {
+                return Err(VariableError::new(&manual.variable, why).into());
+            }
+        }
         let mut logins = Vec::new();
         let result = self.run(&plan, minter, metrics, &mut logins).await;
         match result {
-            Ok(reads) => Ok(response::render(&logins, &reads, now)),
+            Ok((reads, manual)) => Ok(response::render(&logins, &reads, &manual, now)),
             Err(e) => {
                 revoke::quietly(&logins, metrics).await;
                 Err(e)
@@ -120,16 +125,20 @@ impl Exchanger {
         }
     }
 
-    /// Mints every configuration's token (in order, each audited), logs in to every Vault at
-    /// once, then reads every engine at once. Successful logins land in `logins` even when
-    /// another step fails, so that the caller can revoke them.
+    /// Mints every configuration's token and every manual token (in order, each audited), logs
+    /// in to every Vault at once, then reads every engine at once. Successful logins land in
+    /// `logins` even when another step fails, so that the caller can revoke them.
     async fn run(
         &self,
         plan: &Plan,
         minter: &dyn Minter,
         metrics: &Metrics,
         logins: &mut Vec<Login>,
-    ) -> Result<Vec<Shaped>, ExchangeError> {
+    ) -> Result<(Vec<Shaped>, Vec<(String, String)>), ExchangeError> {
+        let mut manual = Vec::new();
+        for wanted in &plan.manual {
+            manual.push((wanted.env_name(), minter.mint(&wanted.audience)?.token));
+        }
         let mut pending = Vec::new();
         for config in &plan.vault {
             let vault = self
@@ -169,7 +178,8 @@ impl Exchanger {
         }))
         .await
         .into_iter()
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(|reads| (reads, manual))
     }
 
     /// A Vault client for `address`, after checking it against the allowlist.

@@ -160,14 +160,18 @@ impl Section {
     }
 }
 
-/// The whole response; `not_before` is `now` plus the longest `*_SLEEP_SECONDS`.
-pub fn render(logins: &[Login], reads: &[Shaped], now: u64) -> Value {
-    let mut env = BTreeMap::new();
+/// The whole response; `not_before` is `now` plus the longest `*_SLEEP_SECONDS`. `manual` holds
+/// the manual workload identity tokens as (variable, token).
+pub fn render(logins: &[Login], reads: &[Shaped], manual: &[(String, String)], now: u64) -> Value {
+    let mut env: BTreeMap<String, Value> = manual
+        .iter()
+        .map(|(name, token)| (name.clone(), json!(token)))
+        .collect();
     let mut vault = Section::default();
     for login in logins {
         vault.put(&login.config.name, vault_entry(login));
         if login.config.name == ConfigName::Default {
-            env.extend(vault_env(login));
+            env.extend(vault_env(login).into_iter().map(|(k, v)| (k.to_owned(), v)));
         }
     }
     let mut out = Map::new();
@@ -177,7 +181,7 @@ pub fn render(logins: &[Login], reads: &[Shaped], now: u64) -> Value {
         for read in reads.iter().filter(|r| r.engine == engine) {
             section.put(&read.name, read.body.clone());
             if read.name == ConfigName::Default {
-                env.extend(read.env.iter().cloned());
+                env.extend(read.env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             }
         }
         if section.default.is_some() || !section.aliases.is_empty() {

@@ -95,11 +95,33 @@ pub struct BackedConfig {
     pub sleep_seconds: u64,
 }
 
+/// A manual workload identity token: `TFC_WORKLOAD_IDENTITY_AUDIENCE[_<TAG>]` asks for one,
+/// returned as `TFC_WORKLOAD_IDENTITY_TOKEN[_<TAG>]`.
+#[derive(Debug, Clone)]
+pub struct ManualToken {
+    pub name: ConfigName,
+    pub audience: Audience,
+    /// The variable the audience came from, for the allowlist's 400.
+    pub variable: String,
+}
+
+impl ManualToken {
+    /// The name of the environment variable that carries the token.
+    pub fn env_name(&self) -> String {
+        format!("{MANUAL_TOKEN}{}", self.name.suffix())
+    }
+}
+
+/// The manual audience variable and the token variable it yields.
+pub const MANUAL_AUDIENCE: &str = "TFC_WORKLOAD_IDENTITY_AUDIENCE";
+pub const MANUAL_TOKEN: &str = "TFC_WORKLOAD_IDENTITY_TOKEN";
+
 /// Everything one exchange does, decided before any call.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub vault: Vec<VaultConfig>,
     pub backed: Vec<BackedConfig>,
+    pub manual: Vec<ManualToken>,
 }
 
 /// Reads `variables` for a run in `phase`; `default_timeout` is `exchange.vault_timeout`.
@@ -121,13 +143,34 @@ pub fn parse(
             backed.push(backed_config(&vars, engine, name, &vault)?);
         }
     }
-    if vault.is_empty() {
+    let manual = manual_tokens(&vars)?;
+    if vault.is_empty() && manual.is_empty() {
         return Err(VariableError::new(
             "TFC_VAULT_PROVIDER_AUTH",
             "no Vault configuration is enabled: set TFC_VAULT_PROVIDER_AUTH (or TFC_VAULT_PROVIDER_AUTH_<TAG>) to \"true\"",
         ));
     }
-    Ok(Plan { vault, backed })
+    Ok(Plan {
+        vault,
+        backed,
+        manual,
+    })
+}
+
+/// `TFC_WORKLOAD_IDENTITY_AUDIENCE[_<TAG>]`: one token per variable, for its audience.
+fn manual_tokens(vars: &Variables<'_>) -> Result<Vec<ManualToken>, VariableError> {
+    let mut tokens = Vec::new();
+    for (name, found) in vars.tagged(MANUAL_AUDIENCE)? {
+        let audience = Audience::parse(found.value).map_err(|m| {
+            VariableError::new(found.variable, format!("{}: {m}", shown(found.value)))
+        })?;
+        tokens.push(ManualToken {
+            name,
+            audience,
+            variable: found.variable.to_owned(),
+        });
+    }
+    Ok(tokens)
 }
 
 fn vault_config(

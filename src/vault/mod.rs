@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use pool::{VaultClients, roots_from_pem};
+pub use pool::{VaultClients, build as http_client, roots_from_pem};
 pub use response::{Auth, Secret};
 
 /// A Vault client token. Its `Debug` and `Display` never show it.

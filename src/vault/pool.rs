@@ -83,7 +83,9 @@ fn ca_digest(pem: Option<&[u8]>) -> [u8; 32] {
     out
 }
 
-fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, VaultError> {
+/// A reqwest client over rustls that trusts exactly `ca_pem` (else the system's roots) and
+/// follows no redirect; `tfe-oidc run` uses it for the tfe-oidc API too.
+pub fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, VaultError> {
     let roots = match ca_pem {
         Some(pem) => Arc::new(roots_from_pem(pem)?),
         None => system_roots(),

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Mutex, Once};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use common::bao::{Bao, deploy_vault, reasons};
-use common::{Options, TestServer, run_body};
+use common::{Secrets, TestServer, mount_engines, run_body, start_server, unix_now, wire};
 use tfe_oidc::vault::{Endpoint, VaultClients, VaultToken};
 
 /// Every log line the services of this test binary wrote.
@@ -55,51 +55,6 @@ fn capture_logs() {
             .with_writer(|| Capture)
             .try_init();
     });
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn random(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
-}
-
-/// What the stand-in engines hold; every value is fresh, so the log scan can look for it.
-struct Secrets {
-    iam_secret: String,
-    sts_secret: String,
-    session_token: String,
-    gcp_token: String,
-    gcp_private_key: String,
-    azure_secret: String,
-}
-
-impl Secrets {
-    fn new() -> Secrets {
-        Secrets {
-            iam_secret: random("iam-secret-"),
-            sts_secret: random("sts-secret-"),
-            session_token: random("session-"),
-            gcp_token: random("ya29."),
-            gcp_private_key: random("gcp-key-"),
-            azure_secret: random("azure-secret-"),
-        }
-    }
-
-    fn all(&self) -> Vec<&str> {
-        vec![
-            &self.iam_secret,
-            &self.sts_secret,
-            &self.session_token,
-            &self.gcp_token,
-            &self.gcp_private_key,
-            &self.azure_secret,
-        ]
-    }
 }
 
 /// An OpenBao wired to a tfe-oidc that may call it, with stand-in engines.
@@ -141,89 +96,6 @@ async fn fixture(tls: bool) -> Option<Fixture> {
         secrets,
         _files: files,
     })
-}
-
-async fn start_server(allowed: &[&str], audit: &std::path::Path, timeout: &str) -> TestServer {
-    let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
-    TestServer::start(Options {
-        tls: true,
-        extra_toml: format!(
-            "[exchange]\nallowed_vault_addrs = [{}]\nvault_timeout = \"{timeout}\"\n[audit]\npath = {audit:?}\n",
-            allowed.join(", ")
-        ),
-        ..Options::default()
-    })
-    .await
-}
-
-/// `configure.sh` for acme/<workspace> in `phase` (role `tfe-acme-<workspace>[-<phase>]`, policy
-/// of the same name).
-fn wire(
-    bao: &Bao,
-    server: &TestServer,
-    policy: &str,
-    workspace: &str,
-    phase: &str,
-    extra: &[(&str, &str)],
-) {
-    let ca = server.pki.as_ref().unwrap().ca.to_str().unwrap().to_owned();
-    let role = match phase {
-        "*" => format!("tfe-acme-{workspace}"),
-        _ => format!("tfe-acme-{workspace}-{phase}"),
-    };
-    let mut env = vec![
-        ("ISSUER", server.issuer()),
-        ("CA_FILE", ca.as_str()),
-        ("ORG", "acme"),
-        ("WORKSPACE", workspace),
-        ("PHASE", phase),
-        ("POLICY", role.as_str()),
-        ("POLICY_FILE", policy),
-    ];
-    env.extend_from_slice(extra);
-    tokio::task::block_in_place(|| bao.configure(&env));
-}
-
-/// KV v1 mounts at the engines' paths, holding answers shaped like theirs.
-async fn mount_engines(bao: &Bao, s: &Secrets, namespace: Option<&str>) {
-    let key_file = json!({"type": "service_account", "private_key": s.gcp_private_key}).to_string();
-    let writes = [
-        (
-            "aws/creds/deploy",
-            json!({"access_key": "AKIAIAMUSER", "secret_key": s.iam_secret, "security_token": null}),
-        ),
-        (
-            "aws/sts/deploy",
-            json!({"access_key": "ASIASTS", "secret_key": s.sts_secret, "security_token": s.session_token, "session_token": s.session_token, "arn": "arn:aws:sts::123456789012:assumed-role/deploy/vault"}),
-        ),
-        (
-            "gcp/roleset/viewer/token",
-            json!({"token": s.gcp_token, "expires_at_seconds": 1764115230u64, "token_ttl": 3599}),
-        ),
-        (
-            "gcp/static-account/deployer/key",
-            json!({"private_key_data": STANDARD.encode(&key_file), "key_algorithm": "KEY_ALG_RSA_2048", "key_type": "TYPE_GOOGLE_CREDENTIALS_FILE"}),
-        ),
-        (
-            "azure/creds/contributor",
-            json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000001", "client_secret": s.azure_secret}),
-        ),
-        (
-            "azure/creds/denied",
-            json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000002", "client_secret": s.azure_secret}),
-        ),
-    ];
-    let prefix = namespace.map(|n| format!("{n}/")).unwrap_or_default();
-    for mount in ["aws", "gcp", "azure"] {
-        bao.root_write(
-            &format!("{prefix}sys/mounts/{mount}"),
-            json!({"type": "kv", "options": {"version": "1"}}),
-        )
-        .await;
-    }
-    for (path, data) in writes {
-        bao.root_write(&format!("{prefix}{path}"), data).await;
-    }
 }
 
 /// `POST <path>` on the API with `token`: status and JSON body.
@@ -514,6 +386,87 @@ async fn plan_and_apply_runs_log_in_with_their_roles() {
             .starts_with("vault_login failed for configuration default"),
         "{body}"
     );
+}
+
+/// Manual audiences: `TFC_WORKLOAD_IDENTITY_AUDIENCE[_<TAG>]` come back as
+/// `TFC_WORKLOAD_IDENTITY_TOKEN[_<TAG>]` in `env`, each a token of the run's phase for that
+/// audience, audited; an audience outside the token policy is a 400 naming its variable, before
+/// anything is minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_audiences_come_back_as_workload_identity_tokens() {
+    let Some(f) = fixture(false).await else {
+        return;
+    };
+    let addr = f.bao.addr.clone();
+    let vars = vault_vars(
+        &addr,
+        &[
+            ("TFC_WORKLOAD_IDENTITY_AUDIENCE", "aws.workload.identity"),
+            (
+                "TFC_WORKLOAD_IDENTITY_AUDIENCE_AZ",
+                "api://AzureADTokenExchange",
+            ),
+        ],
+    );
+    let (status, body) = exchange(&f.server, "plan", &vars).await;
+    assert_eq!(status, 200, "{body}");
+    let jwks = f.server.jwks().await;
+    for (variable, audience) in [
+        ("TFC_WORKLOAD_IDENTITY_TOKEN", "aws.workload.identity"),
+        (
+            "TFC_WORKLOAD_IDENTITY_TOKEN_AZ",
+            "api://AzureADTokenExchange",
+        ),
+    ] {
+        let token = body["env"][variable].as_str().unwrap();
+        let claims = verify(token, &jwks, audience);
+        assert_eq!(claims["terraform_run_phase"], "plan");
+        assert_eq!(claims["terraform_workspace_name"], "prod");
+    }
+    let audiences: Vec<Value> = audit_lines(&f.audit)
+        .iter()
+        .map(|l| l["aud"].clone())
+        .collect();
+    assert_eq!(
+        audiences,
+        [
+            json!("aws.workload.identity"),
+            json!("api://AzureADTokenExchange"),
+            json!("vault.workload.identity")
+        ],
+        "every token audited"
+    );
+    revoke(&f.server, &body["vault"]).await;
+
+    let refused = vault_vars(
+        &addr,
+        &[("TFC_WORKLOAD_IDENTITY_AUDIENCE_X", "not.allowed")],
+    );
+    let (status, body) = exchange(&f.server, "plan", &refused).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "variables.TFC_WORKLOAD_IDENTITY_AUDIENCE_X");
+    assert_eq!(audit_lines(&f.audit).len(), 3, "nothing minted: {body}");
+}
+
+/// Checks `token`'s RS256 signature against `jwks` and its audience; its claims.
+fn verify(token: &str, jwks: &Value, audience: &str) -> Value {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"].as_str() == header.kid.as_deref())
+        .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_rsa_components(
+        jwk["n"].as_str().unwrap(),
+        jwk["e"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims
 }
 
 /// `TFC_VAULT_NAMESPACE` logs in to the JWT auth of that namespace (OpenBao 2.7.2's dev server

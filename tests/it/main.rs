@@ -18,5 +18,6 @@ mod monitoring;
 mod netns;
 mod openbao;
 mod rotation;
+mod run;
 mod store;
 mod validate;

@@ -747,3 +747,139 @@ where
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The credential exchange against OpenBao (tests/exchange.rs, tests/run.rs): a server that may
+// call it, the documented wiring script, and stand-in AWS, GCP and Azure engines (KV v1 mounts
+// at the real engines' paths, holding answers shaped like theirs).
+// ---------------------------------------------------------------------------------------------
+
+use base64::Engine as _;
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn random(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// What the stand-in engines hold; every value is fresh, so the log scan can look for it.
+pub struct Secrets {
+    pub iam_secret: String,
+    pub sts_secret: String,
+    pub session_token: String,
+    pub gcp_token: String,
+    pub gcp_private_key: String,
+    pub azure_secret: String,
+}
+
+impl Secrets {
+    pub fn new() -> Secrets {
+        Secrets {
+            iam_secret: random("iam-secret-"),
+            sts_secret: random("sts-secret-"),
+            session_token: random("session-"),
+            gcp_token: random("ya29."),
+            gcp_private_key: random("gcp-key-"),
+            azure_secret: random("azure-secret-"),
+        }
+    }
+
+    pub fn all(&self) -> Vec<&str> {
+        vec![
+            &self.iam_secret,
+            &self.sts_secret,
+            &self.session_token,
+            &self.gcp_token,
+            &self.gcp_private_key,
+            &self.azure_secret,
+        ]
+    }
+}
+
+pub async fn start_server(allowed: &[&str], audit: &std::path::Path, timeout: &str) -> TestServer {
+    let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+    TestServer::start(Options {
+        tls: true,
+        extra_toml: format!(
+            "[exchange]\nallowed_vault_addrs = [{}]\nvault_timeout = \"{timeout}\"\n[audit]\npath = {audit:?}\n",
+            allowed.join(", ")
+        ),
+        ..Options::default()
+    })
+    .await
+}
+
+/// `configure.sh` for acme/<workspace> in `phase` (role `tfe-acme-<workspace>[-<phase>]`, policy
+/// of the same name).
+pub fn wire(
+    bao: &bao::Bao,
+    server: &TestServer,
+    policy: &str,
+    workspace: &str,
+    phase: &str,
+    extra: &[(&str, &str)],
+) {
+    let ca = server.pki.as_ref().unwrap().ca.to_str().unwrap().to_owned();
+    let role = match phase {
+        "*" => format!("tfe-acme-{workspace}"),
+        _ => format!("tfe-acme-{workspace}-{phase}"),
+    };
+    let mut env = vec![
+        ("ISSUER", server.issuer()),
+        ("CA_FILE", ca.as_str()),
+        ("ORG", "acme"),
+        ("WORKSPACE", workspace),
+        ("PHASE", phase),
+        ("POLICY", role.as_str()),
+        ("POLICY_FILE", policy),
+    ];
+    env.extend_from_slice(extra);
+    tokio::task::block_in_place(|| bao.configure(&env));
+}
+
+/// KV v1 mounts at the engines' paths, holding answers shaped like theirs.
+pub async fn mount_engines(bao: &bao::Bao, s: &Secrets, namespace: Option<&str>) {
+    let key_file = json!({"type": "service_account", "private_key": s.gcp_private_key}).to_string();
+    let writes = [
+        (
+            "aws/creds/deploy",
+            json!({"access_key": "AKIAIAMUSER", "secret_key": s.iam_secret, "security_token": null}),
+        ),
+        (
+            "aws/sts/deploy",
+            json!({"access_key": "ASIASTS", "secret_key": s.sts_secret, "security_token": s.session_token, "session_token": s.session_token, "arn": "arn:aws:sts::123456789012:assumed-role/deploy/vault"}),
+        ),
+        (
+            "gcp/roleset/viewer/token",
+            json!({"token": s.gcp_token, "expires_at_seconds": 1764115230u64, "token_ttl": 3599}),
+        ),
+        (
+            "gcp/static-account/deployer/key",
+            json!({"private_key_data": base64::engine::general_purpose::STANDARD.encode(&key_file), "key_algorithm": "KEY_ALG_RSA_2048", "key_type": "TYPE_GOOGLE_CREDENTIALS_FILE"}),
+        ),
+        (
+            "azure/creds/contributor",
+            json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000001", "client_secret": s.azure_secret}),
+        ),
+        (
+            "azure/creds/denied",
+            json!({"client_id": "6f1c2d3e-0000-4000-8000-000000000002", "client_secret": s.azure_secret}),
+        ),
+    ];
+    let prefix = namespace.map(|n| format!("{n}/")).unwrap_or_default();
+    for mount in ["aws", "gcp", "azure"] {
+        bao.root_write(
+            &format!("{prefix}sys/mounts/{mount}"),
+            json!({"type": "kv", "options": {"version": "1"}}),
+        )
+        .await;
+    }
+    for (path, data) in writes {
+        bao.root_write(&format!("{prefix}{path}"), data).await;
+    }
+}

@@ -1,0 +1,138 @@
+//! The tfe-oidc API as `run` calls it: `POST /v1/credentials` and `POST /v1/credentials/revoke`,
+//! with the bearer token of a caller that has the `credentials` scope.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::RunError;
+
+/// An API bearer token. Its `Debug` never shows it.
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// The first non-empty line of a token file.
+    pub fn from_file_text(text: &str) -> Option<ApiToken> {
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+        Some(ApiToken(line.to_owned()))
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A client of one tfe-oidc API listener.
+#[derive(Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    token: ApiToken,
+}
+
+impl ApiClient {
+    /// A client for `base` (`http(s)://host:port`), trusting `ca_pem` when given.
+    pub fn new(base: &str, token: ApiToken, ca_pem: Option<&[u8]>) -> Result<ApiClient, RunError> {
+        let base = reqwest::Url::parse(base)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                RunError::Usage(format!(
+                    "--api {base:?} is not an http(s) URL such as https://tfe-oidc.internal:8443"
+                ))
+            })?;
+        let http = crate::vault::http_client(ca_pem)
+            .map_err(|e| RunError::Usage(format!("--api-ca-file: {e}")))?;
+        Ok(ApiClient { http, base, token })
+    }
+
+    /// The exchange: its answer, or why not.
+    pub async fn exchange(&self, body: &Value) -> Result<Value, RunError> {
+        self.post("v1/credentials", body).await
+    }
+
+    /// Revokes the Vault tokens of an exchange's `vault` object.
+    pub async fn revoke(&self, vault: &Value) -> Result<Value, RunError> {
+        self.post("v1/credentials/revoke", vault).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, RunError> {
+        let url = self.base.join(path).expect("a fixed relative path joins");
+        let response = self
+            .http
+            .post(url.clone())
+            .bearer_auth(&self.token.0)
+            .timeout(std::time::Duration::from_secs(600))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| RunError::Unavailable(format!("POST {url}: {}", chain(&e))))?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            200 => Ok(answer),
+            _ => Err(api_error(status, &answer)),
+        }
+    }
+}
+
+/// The error of a non-200 answer `{"error", "message", "field"}`.
+fn api_error(status: u16, answer: &Value) -> RunError {
+    let message = answer["message"]
+        .as_str()
+        .unwrap_or("no message")
+        .to_owned();
+    let message = match answer["field"].as_str() {
+        Some(field) if !message.starts_with(field.trim_start_matches("variables.")) => {
+            format!("{field}: {message}")
+        }
+        _ => message,
+    };
+    match status {
+        400 | 404 | 409 | 413 | 415 | 422 => RunError::Invalid(message),
+        401 | 403 => RunError::Refused { status, message },
+        502 => RunError::Vault(message),
+        _ => RunError::Unavailable(format!("answered {status}: {message}")),
+    }
+}
+
+/// An error with its sources, on one line; reqwest's name the URL, never the token.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_takes_the_first_line_and_hides_it() {
+        let token = ApiToken::from_file_text("\n  tfeoidc_abc  \nx\n").unwrap();
+        assert_eq!(token.0, "tfeoidc_abc");
+        assert_eq!(format!("{token:?}"), "<redacted>");
+        assert!(ApiToken::from_file_text(" \n").is_none());
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let body =
+            serde_json::json!({"message": "is required", "field": "variables.TFC_VAULT_ADDR"});
+        let e = api_error(400, &body);
+        assert_eq!(
+            e.to_string(),
+            "the credential exchange refused the request: variables.TFC_VAULT_ADDR: is required"
+        );
+        assert!(matches!(api_error(502, &body), RunError::Vault(_)));
+        assert!(matches!(api_error(403, &body), RunError::Refused { .. }));
+        assert!(matches!(api_error(503, &body), RunError::Unavailable(_)));
+    }
+}
