@@ -5,7 +5,8 @@
 //! included), between keep-alive requests, and for HTTP/2 alike. While a request is in flight the
 //! handler bounds it (an API body must arrive within the same time). On shutdown, a connection
 //! finishes the request it is serving (or one whose bytes have already arrived) and then closes;
-//! an idle one closes after a short grace. A peer that ignores HTTP/2's GOAWAY is dropped rather
+//! an idle one closes after a short grace (longer for a connection that has not had a request
+//! yet: it was opened to send one). A peer that ignores HTTP/2's GOAWAY is dropped rather
 //! than waited for.
 //!
 //! This module owns those bounds and nothing else: which peers are accepted, and how many, is
@@ -31,8 +32,12 @@ use super::HttpService;
 /// How long a connection may go without a request in flight, and how long a request's headers or
 /// body may take to arrive.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// On shutdown, how long an idle connection may still deliver a request it already sent.
+/// On shutdown, how long an idle keep-alive connection may still deliver a request it already
+/// sent.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// The same for a connection that has not yet had a request served: it was opened to send one,
+/// which on a loaded machine may take longer to be read.
+const FRESH_DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// After asking a connection to close, how long it may take (an HTTP/2 GOAWAY round trip).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How often a closing connection checks whether its last request has been answered.
@@ -44,6 +49,7 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the connection last finished a request, in milliseconds since it was accepted.
     last_done_ms: AtomicU64,
+    served: AtomicU64,
 }
 
 impl Activity {
@@ -168,13 +174,19 @@ impl Phase {
                 }
                 _ => Some(Phase::Open),
             },
-            Phase::Draining { since } => match idle {
-                // Done with what was in flight, or nothing arrived within the grace.
-                Some(idle) if idle > since || now >= since + DRAIN_GRACE => {
-                    Some(Phase::Closing { since: now })
+            Phase::Draining { since } => {
+                let grace = match activity.served.load(Ordering::Acquire) {
+                    0 => FRESH_DRAIN_GRACE,
+                    _ => DRAIN_GRACE,
+                };
+                match idle {
+                    // Done with what was in flight, or nothing arrived within the grace.
+                    Some(idle) if idle > since || now >= since + grace => {
+                        Some(Phase::Closing { since: now })
+                    }
+                    _ => Some(Phase::Draining { since }),
                 }
-                _ => Some(Phase::Draining { since }),
-            },
+            }
             Phase::Closing { since } => match idle {
                 Some(_) if now >= since + CLOSE_GRACE => None,
                 _ => Some(Phase::Closing { since }),
@@ -226,6 +238,7 @@ impl Drop for Done {
     fn drop(&mut self) {
         let ms = self.accepted.elapsed().as_millis() as u64;
         self.activity.last_done_ms.fetch_max(ms, Ordering::AcqRel);
+        self.activity.served.fetch_add(1, Ordering::AcqRel);
         self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -68,7 +68,9 @@ pub struct ApiState {
 /// How long a graceful shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// On shutdown, how long to wait for one more connection already queued in the backlog.
-const BACKLOG_POLL: Duration = Duration::from_millis(5);
+const BACKLOG_POLL: Duration = Duration::from_millis(20);
+/// On shutdown, at most this many queued connections are still accepted.
+const BACKLOG_DRAIN_MAX: usize = 4096;
 
 /// A value that SIGHUP may replace while connections keep using the one they started with.
 pub type Reloadable<T> = Arc<ArcSwap<T>>;
@@ -154,9 +156,14 @@ pub async fn serve(
         }
     }
     // Peers whose connection the kernel completed before shutdown may already have sent a
-    // request: accept and answer them rather than resetting them by closing the socket.
-    while let Ok(Ok(pair)) = tokio::time::timeout(BACKLOG_POLL, tcp.accept()).await {
-        admission.admit(pair, &service, &mut connections);
+    // request: accept and answer them rather than resetting them by closing the socket. (A
+    // connection the kernel completes after the last accept is reset by the close: it arrived
+    // after shutdown began.)
+    for _ in 0..BACKLOG_DRAIN_MAX {
+        match tokio::time::timeout(BACKLOG_POLL, tcp.accept()).await {
+            Ok(Ok(pair)) => admission.admit(pair, &service, &mut connections),
+            _ => break,
+        }
     }
     drop(tcp);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {

@@ -26,9 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use invariant::{Minted, Rng, kids, parse_jwks, seed, verify};
-use tfe_oidc::config::RsaBits;
 use tfe_oidc::discovery::{Documents, JwkSet};
-use tfe_oidc::keys::store::{FileStore, KeyStore, read_unlocked};
+use tfe_oidc::keys::store::{KeyStore, read_unlocked};
 use tfe_oidc::keys::{KeySet, KeyState};
 
 const AUDIENCE: &str = "vault.workload.identity";
@@ -313,8 +312,7 @@ fn rotations_killed_at_random_instants_leave_the_old_or_the_new_set_and_every_to
 
         // A writer opens it, finishing what the crash cut short.
         {
-            let mut store = FileStore::open(&keys, RsaBits::Rsa2048)
-                .unwrap_or_else(|e| panic!("{ctx}: the store does not open after a kill: {e}"));
+            let mut store = common::reopen_store(&keys);
             let loaded = store.load().expect("a writer loads it");
             assert_eq!(loaded.set, after.set, "{ctx}");
             let remaining = leftovers(&keys, &loaded.set);

@@ -245,8 +245,7 @@ impl Lab {
 
     fn start(&mut self) {
         assert!(self.manager.is_none());
-        let store =
-            FileStore::open(&self.keys_dir(), RsaBits::Rsa2048).expect("the key store opens");
+        let store = common::reopen_store(&self.keys_dir());
         let before = self.served_len();
         let manager = KeyManager::start(Box::new(store), Arc::new(self.clock.clone()), self.policy)
             .expect("the key manager starts");

@@ -34,8 +34,7 @@ fn populated_store() -> (tempfile::TempDir, PathBuf, KeySet) {
 
 /// A writer on `keys` (taking its lock until dropped).
 fn start_manager(keys: &Path) -> KeyManager {
-    let store =
-        FileStore::open(keys, RsaBits::Rsa2048).unwrap_or_else(|e| panic!("the store opens: {e}"));
+    let store = common::reopen_store(keys);
     KeyManager::start(
         Box::new(store),
         Arc::new(SystemClock),

@@ -883,3 +883,20 @@ pub async fn mount_engines(bao: &bao::Bao, s: &Secrets, namespace: Option<&str>)
         bao.root_write(&format!("{prefix}{path}"), data).await;
     }
 }
+
+/// `FileStore::open` for a test that reopens a store it has just closed. Other tests in this
+/// binary spawn processes all the time, and between fork and exec a child still holds a copy of
+/// every descriptor (close-on-exec closes them only at exec), the store's locked one included:
+/// for that instant the lock looks held. A real server never reopens its store while forking.
+pub fn reopen_store(dir: &Path) -> tfe_oidc::keys::store::FileStore {
+    use tfe_oidc::keys::store::{FileStore, StoreError};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match FileStore::open(dir, tfe_oidc::config::RsaBits::Rsa2048) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap_or_else(|e| panic!("the key store opens: {e}")),
+        }
+    }
+}
