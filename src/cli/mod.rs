@@ -198,6 +198,7 @@ impl From<StartError> for Failure {
             | StartError::Bind { .. }
             | StartError::Audit { .. }
             | StartError::DevelopmentToken { .. }
+            | StartError::Push(_)
             | StartError::Task(_) => Failure::failed(e),
         }
     }
