@@ -215,6 +215,7 @@ pub fn policy(config: &Config) -> Policy {
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let [discovery_tls, api_tls] = tls_configs(config)?;
     let configured_tokens = tokens_file(config)?;
+    let push_cas = crate::push::read_files(&config.push)?;
     let connection_budget = connection_budget();
     warn_over_budget(config, connection_budget);
     let discovery = match config.discovery_enabled {
@@ -270,6 +271,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         true => (crate::push::Pushes::none(), Vec::new()),
         false => crate::push::start(
             &config.push,
+            push_cas,
             &config.issuer,
             config.exchange.vault_timeout,
             &manager,

@@ -370,3 +370,71 @@ async fn the_push_policy_allows_the_config_and_nothing_else() {
         );
     }
 }
+
+/// A gate that lets only the kids it was told about sign.
+struct Holds(std::sync::Mutex<Vec<tfe_oidc::keys::Kid>>);
+
+impl tfe_oidc::keys::manager::SignGate for Holds {
+    fn may_sign(&self, kid: &tfe_oidc::keys::Kid) -> bool {
+        self.0.lock().unwrap().contains(kid)
+    }
+}
+
+#[test]
+fn a_due_rotation_waits_for_the_gate_and_retired_keys_still_expire() {
+    use tfe_oidc::keys::lifecycle::Policy;
+    use tfe_oidc::keys::manager::KeyManager;
+    use tfe_oidc::keys::store::FileStore;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = tfe_oidc::keys::FakeClock::new(1_000_000);
+    let store =
+        FileStore::open(&dir.path().join("keys"), tfe_oidc::config::RsaBits::Rsa2048).unwrap();
+    let policy = Policy::new(
+        Duration::from_secs(100),
+        Duration::from_secs(10),
+        Duration::from_secs(25),
+    );
+    let manager =
+        KeyManager::start(Box::new(store), std::sync::Arc::new(clock.clone()), policy).unwrap();
+    let gate = Holds(std::sync::Mutex::new(Vec::new()));
+    clock.advance(100);
+    let next = manager.snapshot().set.next().unwrap().kid.clone();
+    let ticked = manager.tick_gated(&gate).unwrap();
+    assert_eq!(ticked.held, Some(next.clone()));
+    assert!(!ticked.changed);
+    assert_eq!(manager.snapshot().rotations, 0);
+    gate.0.lock().unwrap().push(next.clone());
+    let ticked = manager.tick_gated(&gate).unwrap();
+    assert_eq!((ticked.changed, ticked.held), (true, None));
+    assert_eq!(manager.snapshot().set.current().unwrap().kid, next);
+    // The retired key (10s tokens + 300s margin) expires even while the following rotation is held.
+    clock.advance(400);
+    let ticked = manager.tick_gated(&gate).unwrap();
+    assert!(ticked.changed && ticked.held.is_some(), "{ticked:?}");
+    assert_eq!(manager.snapshot().set.keys.len(), 2);
+    assert_eq!(manager.snapshot().set.current().unwrap().kid, next);
+}
+
+#[test]
+fn check_config_names_every_push_problem_and_unreadable_file() {
+    let text = "[discovery]\nenabled = \"no\"\n[[push]]\naddr = \"ftp://x\"\nmount = \"jwt\"\ntoken_file = \"/nonexistent\"\n[[push]]\nmount = \"\"\n";
+    let error = tfe_oidc::config::Config::from_parts(text, &[], None).unwrap_err();
+    let keys: Vec<&str> = error.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "discovery.enabled",
+            "push[0].addr",
+            "push[1].addr",
+            "push[1].mount",
+            "push[1].token_file"
+        ],
+        "{error}"
+    );
+    let text = "[[push]]\naddr = \"https://v\"\nmount = \"jwt\"\ntoken_file = \"/nonexistent/t\"\nca_file = \"/nonexistent/ca\"\n";
+    let config = tfe_oidc::config::Config::from_parts(text, &[], None).unwrap();
+    assert!(config.discovery_enabled);
+    let error = tfe_oidc::push::read_files(&config.push).unwrap_err();
+    let keys: Vec<&str> = error.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["push[0].token_file", "push[0].ca_file"]);
+}

@@ -307,6 +307,7 @@ fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
     service::tls_configs(&config)?;
     service::tokens_file(&config)?;
+    crate::push::read_files(&config.push)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }

@@ -130,6 +130,16 @@ async fn rotate_keys(
             "the only query parameter is force=true or force=false",
         )
     })?;
+    let snapshot = state.manager.snapshot();
+    if let Some(next) = snapshot.set.next()
+        && !query.force
+        && !state.pushes.may_sign(&next.kid)
+    {
+        return Err(ApiError::Conflict(format!(
+            "a push target does not hold the next key {} yet, so it may not sign; wait for the push (see /readyz) or force the rotation (issuance then answers 503 until every target holds it)",
+            next.kid
+        )));
+    }
     let manager = Arc::clone(&state.manager);
     // Audited inside the task: it runs to its end even when the caller goes away.
     let set = blocking(move || {

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Issuer, PushTarget};
+use crate::config::{ConfigError, Issuer, Problem, PushAuth, PushTarget};
 use crate::keys::manager::{KeyManager, SignGate};
 use crate::keys::{KeySnapshot, Kid};
 use crate::vault::{Endpoint, VaultClients};
@@ -28,13 +28,6 @@ pub use target::PushError;
 /// Why push mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PushSetupError {
-    /// A target's `ca_file` could not be read.
-    #[error("push[{index}].ca_file {path}: {source}")]
-    CaFile {
-        index: usize,
-        path: String,
-        source: std::io::Error,
-    },
     /// A target's address or CA is unusable.
     #[error("push[{index}]: {source}")]
     Client {
@@ -216,9 +209,43 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts one push task per target; they stop when `shutdown` turns true.
+/// The files each target names, read now: its CA (returned), and its token or secret id file
+/// (only checked to be readable: they are read again at every push or login). Every problem is
+/// listed, each naming its `push[<n>]` key.
+pub fn read_files(targets: &[PushTarget]) -> Result<Vec<Option<Vec<u8>>>, ConfigError> {
+    let mut problems = Vec::new();
+    let mut cas = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let mut read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| {
+                    let at = format!("push[{i}].{key}");
+                    problems.push(Problem::new(
+                        &at,
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                })
+                .ok()
+        };
+        match &t.auth {
+            PushAuth::TokenFile(path) => drop(read("token_file", path)),
+            PushAuth::AppRole { secret_id_file, .. } => {
+                drop(read("secret_id_file", secret_id_file))
+            }
+        }
+        cas.push(t.ca_file.as_ref().and_then(|path| read("ca_file", path)));
+    }
+    match problems.is_empty() {
+        true => Ok(cas),
+        false => Err(ConfigError(problems)),
+    }
+}
+
+/// Starts one push task per target (`ca_pems` from `read_files`); they stop when `shutdown`
+/// turns true.
 pub fn start(
     targets: &[PushTarget],
+    ca_pems: Vec<Option<Vec<u8>>>,
     issuer: &Issuer,
     timeout: Duration,
     manager: &KeyManager,
@@ -226,18 +253,7 @@ pub fn start(
 ) -> Result<(Arc<Pushes>, Vec<JoinHandle<()>>), PushSetupError> {
     let clients = VaultClients::new();
     let mut pushers = Vec::new();
-    for (index, t) in targets.iter().enumerate() {
-        let ca_pem = t
-            .ca_file
-            .as_ref()
-            .map(|path| {
-                std::fs::read(path).map_err(|source| PushSetupError::CaFile {
-                    index,
-                    path: path.display().to_string(),
-                    source,
-                })
-            })
-            .transpose()?;
+    for ((index, t), ca_pem) in targets.iter().enumerate().zip(ca_pems) {
         let endpoint = Endpoint {
             address: t.addr.clone(),
             namespace: t.namespace.clone(),
