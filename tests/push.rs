@@ -438,3 +438,51 @@ fn check_config_names_every_push_problem_and_unreadable_file() {
     let keys: Vec<&str> = error.0.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["push[0].token_file", "push[0].ca_file"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approle_login_pushes_with_the_push_policy_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((bao, _)) = target(dir.path(), 0).await else {
+        return;
+    };
+    bao.root_write("sys/auth/approle", json!({ "type": "approle" }))
+        .await;
+    bao.root_write(
+        "auth/approle/role/tfe-oidc",
+        json!({ "token_policies": ["tfe-oidc-push"], "token_no_default_policy": true, "token_ttl": "1h" }),
+    )
+    .await;
+    let (_, role) = bao
+        .call(
+            reqwest::Method::GET,
+            "auth/approle/role/tfe-oidc/role-id",
+            Some("root"),
+            None,
+        )
+        .await;
+    let secret = bao
+        .root_write("auth/approle/role/tfe-oidc/secret-id", json!({}))
+        .await;
+    let secret_file = dir.path().join("secret-id");
+    std::fs::write(&secret_file, secret["data"]["secret_id"].as_str().unwrap()).unwrap();
+    let extra = format!(
+        "[exchange]\nvault_timeout = \"2s\"\n[[push]]\naddr = {:?}\nmount = \"jwt\"\nrole_id = {:?}\nsecret_id_file = {:?}\n",
+        bao.addr,
+        role["data"]["role_id"].as_str().unwrap(),
+        secret_file
+    );
+    let server = TestServer::start(Options {
+        extra_toml: extra,
+        discovery_toml: "enabled = false\n".into(),
+        ..Options::default()
+    })
+    .await;
+    wait_until("the approle push", Duration::from_secs(20), || async {
+        readyz(&server).await == (200, "ready\n".to_owned())
+    })
+    .await;
+    login(&bao, &mint(&server).await)
+        .await
+        .expect("pushed through an approle login");
+    server.stop().await;
+}
