@@ -151,12 +151,13 @@ impl Pushes {
         if self.is_empty() {
             return;
         }
+        let names: Vec<String> = self.names.iter().map(|n| label(n)).collect();
         let acked = self.lock();
         let _ = writeln!(
             out,
             "# HELP tfe_oidc_push_total Pushes of the key set to a Vault JWT auth mount, by outcome.\n# TYPE tfe_oidc_push_total counter"
         );
-        for (name, a) in self.names.iter().zip(acked.iter()) {
+        for (name, a) in names.iter().zip(acked.iter()) {
             let _ = writeln!(
                 out,
                 "tfe_oidc_push_total{{target=\"{name}\",outcome=\"ok\"}} {}",
@@ -172,7 +173,7 @@ impl Pushes {
             out,
             "# HELP tfe_oidc_push_last_success_seconds Unix time of the last successful push (0: none yet).\n# TYPE tfe_oidc_push_last_success_seconds gauge"
         );
-        for (name, a) in self.names.iter().zip(acked.iter()) {
+        for (name, a) in names.iter().zip(acked.iter()) {
             let _ = writeln!(
                 out,
                 "tfe_oidc_push_last_success_seconds{{target=\"{name}\"}} {}",
@@ -200,6 +201,14 @@ impl SignGate for Pushes {
     fn rotation_held(&self, held: bool) {
         self.held.store(held, Ordering::Relaxed);
     }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn unix_now() -> u64 {
@@ -274,4 +283,25 @@ pub fn start(
         })
         .collect();
     Ok((pushes, tasks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_names_are_escaped_as_label_values() {
+        assert_eq!(label(r#"https://v/n"s\x"#), r#"https://v/n\"s\\x"#);
+    }
+
+    #[test]
+    fn without_targets_every_key_may_sign_and_nothing_is_rendered() {
+        let pushes = Pushes::none();
+        let kid = Kid::parse(&"a".repeat(43)).unwrap();
+        assert!(pushes.may_sign(&kid));
+        assert!(pushes.behind(7).is_empty());
+        let mut out = String::new();
+        pushes.render(&mut out);
+        assert!(out.is_empty());
+    }
 }
