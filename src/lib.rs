@@ -9,6 +9,8 @@
 //!   their input rules and claim sets, and RS256 signing.
 //! - [`discovery`]: the OpenID configuration and JWKS documents, rendered once per key set (docs/reference.md §3).
 //! - [`http`]: the discovery and API listeners, TLS, bearer auth and the error mapping (docs/reference.md §3, §4).
+//! - [`push`]: push mode: keeps each Vault JWT auth mount's `jwt_validation_pubkeys` in sync,
+//!   and holds rotation back until every push target has the next key.
 //! - [`telemetry`]: logging, Prometheus metrics and the audit trail (docs/reference.md §8).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
 //! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
@@ -24,6 +26,7 @@ pub mod discovery;
 pub mod exchange;
 pub mod http;
 pub mod keys;
+pub mod push;
 pub mod run;
 pub mod service;
 pub mod telemetry;

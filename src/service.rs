@@ -53,6 +53,9 @@ pub enum StartError {
     /// The development API token could not be read or written.
     #[error("development API token in {dir}: {source}")]
     DevelopmentToken { dir: String, source: std::io::Error },
+    /// A push target could not be set up.
+    #[error(transparent)]
+    Push(#[from] crate::push::PushSetupError),
     /// The blocking task that opens the key store died.
     #[error("key store task failed: {0}")]
     Task(String),
@@ -69,7 +72,8 @@ pub struct Reloader {
 
 /// A running service.
 pub struct Running {
-    pub discovery_addr: SocketAddr,
+    /// `None` with `discovery.enabled = false`.
+    pub discovery_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     pub state: Arc<ApiState>,
     reloader: Arc<Reloader>,
@@ -211,15 +215,21 @@ pub fn policy(config: &Config) -> Policy {
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let [discovery_tls, api_tls] = tls_configs(config)?;
     let configured_tokens = tokens_file(config)?;
+    let push_cas = crate::push::read_files(&config.push)?;
     let connection_budget = connection_budget();
     warn_over_budget(config, connection_budget);
-    let discovery = bind(
-        Section::Discovery,
-        &config.discovery,
-        discovery_tls,
-        connection_budget,
-    )
-    .await?;
+    let discovery = match config.discovery_enabled {
+        true => Some(
+            bind(
+                Section::Discovery,
+                &config.discovery,
+                discovery_tls,
+                connection_budget,
+            )
+            .await?,
+        ),
+        false => None,
+    };
     let api = bind(Section::Api, &config.api, api_tls, connection_budget).await?;
     // Nothing has been created so far. The audit file is the one thing created before the keys:
     // a path that cannot be opened must not leave a new key store behind.
@@ -256,6 +266,18 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .expect("Cache-Control is ASCII"),
         metrics: Arc::clone(&metrics),
     };
+    let (shutdown, receiver) = watch::channel(false);
+    let (pushes, push_tasks) = match config.push.is_empty() {
+        true => (crate::push::Pushes::none(), Vec::new()),
+        false => crate::push::start(
+            &config.push,
+            push_cas,
+            &config.issuer,
+            config.exchange.vault_timeout,
+            &manager,
+            &receiver,
+        )?,
+    };
     let api_tokens = Arc::new(ArcSwap::from_pointee(api_tokens));
     let state = Arc::new(ApiState {
         manager: Arc::clone(&manager),
@@ -268,32 +290,38 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
             config.exchange.vault_timeout,
         ),
         max_body: config.max_body,
+        pushes: Arc::clone(&pushes),
     });
-    let (discovery_addr, api_addr) = (local_addr(&discovery), local_addr(&api));
+    let (discovery_addr, api_addr) = (discovery.as_ref().map(local_addr), local_addr(&api));
     let reloader = Arc::new(Reloader {
         config: config.clone(),
         state: Arc::clone(&state),
         api_tokens,
-        discovery_tls: discovery.tls.clone(),
+        discovery_tls: discovery.as_ref().and_then(|d| d.tls.clone()),
         api_tls: api.tls.clone(),
     });
-    let (shutdown, receiver) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(manager::run_rotator(manager, receiver.clone())),
-        tokio::spawn(http::serve(
+    let mut tasks = push_tasks;
+    tasks.push(tokio::spawn(manager::run_rotator(
+        manager,
+        pushes,
+        receiver.clone(),
+    )));
+    if let Some(discovery) = discovery {
+        tasks.push(tokio::spawn(http::serve(
             discovery,
             http::internal::service(discovery_state),
             Arc::clone(&metrics),
             receiver.clone(),
-        )),
-        tokio::spawn(http::serve(
-            api,
-            http::api::router(Arc::clone(&state)),
-            metrics,
-            receiver,
-        )),
-    ];
-    tracing::info!(issuer = %config.issuer, discovery = %discovery_addr, api = %api_addr, "tfe-oidc serving");
+        )));
+    }
+    tasks.push(tokio::spawn(http::serve(
+        api,
+        http::api::router(Arc::clone(&state)),
+        metrics,
+        receiver,
+    )));
+    let discovery = discovery_addr.map_or("off".to_owned(), |a| a.to_string());
+    tracing::info!(issuer = %config.issuer, discovery = %discovery, api = %api_addr, push_targets = config.push.len(), "tfe-oidc serving");
     Ok(Running {
         discovery_addr,
         api_addr,

@@ -219,6 +219,7 @@ impl From<StartError> for Failure {
             | StartError::Bind { .. }
             | StartError::Audit { .. }
             | StartError::DevelopmentToken { .. }
+            | StartError::Push(_)
             | StartError::Task(_) => Failure::failed(e),
         }
     }
@@ -346,6 +347,7 @@ fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
     service::tls_configs(&config)?;
     service::tokens_file(&config)?;
+    crate::push::read_files(&config.push)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }

@@ -85,6 +85,34 @@ pub fn describe(c: &Config) -> String {
         "exchange.allowed_vault_addrs = {}",
         list(&c.exchange.allowed_vault_addrs)
     ));
+    lines.push(format!("discovery.enabled = {}", c.discovery_enabled));
+    for (i, t) in c.push.iter().enumerate() {
+        lines.push(format!("push[{i}].addr = {:?}", t.addr));
+        lines.push(format!("push[{i}].mount = {:?}", t.mount));
+        lines.push(format!(
+            "push[{i}].namespace = {}",
+            t.namespace
+                .as_ref()
+                .map_or("(none)".to_owned(), |n| format!("{n:?}"))
+        ));
+        lines.push(format!("push[{i}].ca_file = {}", path(&t.ca_file)));
+        lines.push(match &t.auth {
+            super::PushAuth::TokenFile(p) => {
+                format!("push[{i}].token_file = {:?}", p.display().to_string())
+            }
+            super::PushAuth::AppRole {
+                role_id,
+                secret_id_file,
+            } => format!(
+                "push[{i}].role_id = {role_id:?}, secret_id_file = {:?}",
+                secret_id_file.display().to_string()
+            ),
+        });
+        lines.push(format!(
+            "push[{i}].repair_interval = {}",
+            d(t.repair_interval)
+        ));
+    }
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 

@@ -12,6 +12,7 @@ mod describe;
 mod forms;
 mod issuer;
 mod listener;
+pub mod push;
 pub mod raw;
 pub mod schema;
 
@@ -20,6 +21,7 @@ pub use forms::{FormError, RsaBits, glob_match, is_loopback};
 pub use issuer::{Issuer, IssuerError, check_issuer};
 use listener::listener;
 pub use listener::{ListenerConfig, TlsFiles};
+pub use push::{PushAuth, PushTarget};
 pub use schema::{Key, ListenerKey, Section};
 
 use std::fmt;
@@ -115,6 +117,10 @@ pub struct Config {
     pub keys: KeysConfig,
     pub audit_path: Option<PathBuf>,
     pub exchange: ExchangeConfig,
+    /// `discovery.enabled`: false runs no discovery listener at all (push mode only).
+    pub discovery_enabled: bool,
+    /// The `[[push]]` tables: the Vault JWT auth mounts whose config the issuer keeps in sync.
+    pub push: Vec<PushTarget>,
 }
 
 const DEFAULT_AUDIENCES: &[&str] = &[
@@ -185,8 +191,11 @@ fn build(raw: &Raw, problems: &mut Vec<Problem>) -> Option<Config> {
             ),
         ));
     }
+    let push = push::targets(raw.push(), problems);
     let issuer = issuer(raw, &discovery, problems)?;
     Some(Config {
+        discovery_enabled: raw.bool(Key::DiscoveryEnabled).unwrap_or(true),
+        push,
         issuer,
         discovery,
         jwks_max_age,

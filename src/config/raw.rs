@@ -65,12 +65,14 @@ pub enum RawValue {
 #[derive(Debug, Default)]
 pub struct Raw {
     values: BTreeMap<Key, RawValue>,
+    /// The `push` array of tables, read by `push.rs` (its keys are per table, not in `SCHEMA`).
+    push: Option<Value>,
 }
 
 impl Raw {
     /// Parses `toml_text` (empty for "no file"), applies `env`, and checks every key's type.
     pub fn parse(toml_text: &str, env: &[(String, String)], problems: &mut Vec<Problem>) -> Raw {
-        let table = match toml_text.parse::<Table>() {
+        let mut table = match toml_text.parse::<Table>() {
             Ok(table) => table,
             Err(e) => {
                 problems.push(Problem::new(
@@ -80,7 +82,10 @@ impl Raw {
                 Table::new()
             }
         };
-        let mut raw = Raw::default();
+        let mut raw = Raw {
+            push: table.remove("push"),
+            ..Raw::default()
+        };
         check_unknown_keys(&table, "", problems);
         for &key in SCHEMA {
             if let Some(value) = lookup(&table, key.path()) {
@@ -161,6 +166,11 @@ impl Raw {
         }
     }
 
+    /// The `push` value of the file, as written.
+    pub fn push(&self) -> Option<&Value> {
+        self.push.as_ref()
+    }
+
     /// Reading a key as another kind than the schema's is a bug: it would always read as unset.
     fn get(&self, key: Key, kind: Kind) -> Option<&RawValue> {
         debug_assert_eq!(key.kind(), kind, "{key:?} is read as the wrong kind");
@@ -200,7 +210,7 @@ fn check_unknown_keys(table: &Table, prefix: &str, problems: &mut Vec<Problem>) 
     }
 }
 
-fn from_toml(value: &Value, kind: Kind) -> Result<RawValue, ValueError> {
+pub(super) fn from_toml(value: &Value, kind: Kind) -> Result<RawValue, ValueError> {
     match (kind, value) {
         (Kind::Str, Value::String(s)) => Ok(RawValue::Str(s.clone())),
         (Kind::Duration | Kind::Size, Value::String(s)) => from_env(s, kind),

@@ -73,6 +73,7 @@ pub enum Key {
     Issuer,
     Listener(Section, ListenerKey),
     JwksMaxAge,
+    DiscoveryEnabled,
     TokensFile,
     MaxBody,
     DefaultAudience,
@@ -100,6 +101,7 @@ pub const SCHEMA: &[Key] = {
         Key::Listener(Discovery, ClientCa),
         Key::Listener(Discovery, Allow),
         Key::JwksMaxAge,
+        Key::DiscoveryEnabled,
         Key::Listener(Discovery, InsecureHttp),
         Key::Listener(Discovery, MaxConnections),
         Key::Listener(Api, Listen),
@@ -205,6 +207,11 @@ impl Key {
                 "TFE_OIDC_DISCOVERY_JWKS_MAX_AGE",
                 Kind::Duration,
             ),
+            Key::DiscoveryEnabled => (
+                "discovery.enabled",
+                "TFE_OIDC_DISCOVERY_ENABLED",
+                Kind::Bool,
+            ),
             Key::TokensFile => ("api.tokens_file", "TFE_OIDC_API_TOKENS_FILE", Kind::Str),
             Key::MaxBody => ("api.max_body", "TFE_OIDC_API_MAX_BODY", Kind::Size),
             Key::DefaultAudience => (
@@ -294,6 +301,6 @@ mod tests {
                 assert!(key.path().starts_with(&format!("{section}.")), "{key:?}");
             }
         }
-        assert_eq!(SCHEMA.len(), 2 * 7 + 15);
+        assert_eq!(SCHEMA.len(), 2 * 7 + 16);
     }
 }

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorCode};
 use super::extract::{Authorized, Keys, StrictJson, Tokens};
 use super::{ApiState, Tracked};
-use crate::keys::manager::{KeyManager, ManagerError};
+use crate::keys::manager::{KeyManager, ManagerError, SignGate};
 use crate::keys::{KeyState, Kid, Listing, listing};
+use crate::push::RevokedAt;
 use crate::telemetry::KeyGauges;
 use crate::token::TokenRequest;
 use crate::token::kinds::TokenInput;
@@ -73,6 +74,11 @@ async fn issue_token(
             "no current signing key: the key store is not loaded; see the server log".into(),
         )
     })?;
+    if !state.pushes.may_sign(signer.kid()) {
+        return Err(ApiError::Unavailable(
+            "a push target does not hold the current key yet, so no token is signed with it; see /readyz and the server log".into(),
+        ));
+    }
     let issued = state
         .issuer
         .issue_checked(&request.subject, checked, signer, state.manager.now());
@@ -124,6 +130,16 @@ async fn rotate_keys(
             "the only query parameter is force=true or force=false",
         )
     })?;
+    let snapshot = state.manager.snapshot();
+    if let Some(next) = snapshot.set.next()
+        && !query.force
+        && !state.pushes.may_sign(&next.kid)
+    {
+        return Err(ApiError::Conflict(format!(
+            "a push target does not hold the next key {} yet, so it may not sign; wait for the push (see /readyz) or force the rotation (issuance then answers 503 until every target holds it)",
+            next.kid
+        )));
+    }
     let manager = Arc::clone(&state.manager);
     // Audited inside the task: it runs to its end even when the caller goes away.
     let set = blocking(move || {
@@ -142,7 +158,13 @@ struct Revoked {
     listing: Listing,
     revoked: Kid,
     note: &'static str,
+    /// Per push target: whether the key is already gone from its config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    push: Vec<RevokedAt>,
 }
+
+/// How long a revocation waits for the push targets to drop the key before it answers.
+const REVOKE_PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn revoke_key(
     State(state): State<Arc<ApiState>>,
@@ -159,18 +181,32 @@ async fn revoke_key(
         Ok::<_, ManagerError>(set)
     })
     .await??;
+    let sequence = state.manager.snapshot().sequence;
+    let push = state
+        .pushes
+        .wait_for(sequence, &kid, REVOKE_PUSH_WAIT)
+        .await;
     Ok(Json(Revoked {
         listing: listing(&set),
+        note: if state.pushes.is_empty() {
+            REVOKE_NOTE
+        } else {
+            REVOKE_PUSH_NOTE
+        },
         revoked: kid,
-        note: REVOKE_NOTE,
+        push,
     }))
 }
 
 /// What a revocation does and does not do to a verifier's cache.
 const REVOKE_NOTE: &str = "the key is no longer published, but Vault keeps trusting it until it refetches the JWKS: it does so only when a login presents a token whose kid it has not cached (or whose signature fails), or when auth/jwt/config is rewritten; rewrite the config to make Vault drop the key now";
 
+/// What a revocation means in push mode.
+const REVOKE_PUSH_NOTE: &str = "the key is pushed out of every push target's jwt_validation_pubkeys: a target whose key_gone is true refuses its tokens from the next login on; one whose key_gone is false is retried with backoff";
+
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let text = state.metrics.render(key_gauges(&state.manager));
+    let mut text = state.metrics.render(key_gauges(&state.manager));
+    state.pushes.render(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -205,11 +241,28 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> (StatusCode, String) {
             format!("not ready: {problem}\n"),
         );
     }
-    match state.manager.snapshot().signer {
-        Some(_) => (StatusCode::OK, "ready\n".into()),
-        None => (
+    let snapshot = state.manager.snapshot();
+    let Some(signer) = &snapshot.signer else {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no current signing key\n".into(),
+        );
+    };
+    let behind = state.pushes.behind(snapshot.sequence);
+    if !state.pushes.may_sign(signer.kid()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: push targets do not hold the current key yet: {}\n",
+                behind.join(", ")
+            ),
+        );
+    }
+    match behind.is_empty() {
+        true => (StatusCode::OK, "ready\n".into()),
+        false => (
+            StatusCode::OK,
+            format!("ready; push targets behind: {}\n", behind.join(", ")),
         ),
     }
 }

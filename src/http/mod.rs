@@ -63,6 +63,8 @@ pub struct ApiState {
     /// The credential exchange: Vault pools and the `[exchange]` settings.
     pub exchanger: crate::exchange::Exchanger,
     pub max_body: usize,
+    /// What each push target holds; empty without `[[push]]` targets.
+    pub pushes: Arc<crate::push::Pushes>,
 }
 
 /// How long a graceful shutdown waits for in-flight requests.

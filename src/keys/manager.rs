@@ -13,10 +13,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::gate::report_held;
+pub use super::gate::{SignGate, Ungated};
 use super::lifecycle::{self, Policy, RotateRefused};
 use super::store::{KeyStore, Loaded, StoreError};
 use super::{Clock, KeyInfo, KeySet, KeySnapshot, Kid, SigningKey};
@@ -104,7 +106,7 @@ impl KeyManager {
             let now = manager.clock.now();
             let completed = manager.complete(&mut inner, &set, now)?;
             let up_to_date = manager
-                .bring_up_to_date(&mut inner, &completed, now)?
+                .bring_up_to_date(&mut inner, &completed, now, true)?
                 .unwrap_or(completed);
             manager.commit(&mut inner, up_to_date, Change::Loaded)?;
         }
@@ -180,19 +182,29 @@ impl KeyManager {
     /// Applies what the schedule asks for at the clock's current time. Returns whether the set
     /// changed. A failure is counted in `tick_failures`.
     pub fn tick(&self) -> Result<bool, ManagerError> {
-        let result = self.apply_schedule();
+        self.tick_gated(&Ungated).map(|t| t.changed)
+    }
+
+    /// Like `tick`, but a due rotation happens only if `gate` lets the next key sign; otherwise
+    /// the current key keeps signing (retired keys still expire) and `held` names the next key.
+    /// A failure is counted (`tick_failures`).
+    pub fn tick_gated(&self, gate: &dyn SignGate) -> Result<Ticked, ManagerError> {
+        let result = self.apply_schedule(gate);
         if result.is_err() {
             self.tick_failures.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    fn apply_schedule(&self) -> Result<bool, ManagerError> {
+    fn apply_schedule(&self, gate: &dyn SignGate) -> Result<Ticked, ManagerError> {
         let mut inner = self.lock();
         let set = inner.loaded.set.clone();
         let now = self.clock.now();
-        let rotated = lifecycle::rotation_due(&set, now, &self.policy);
-        match self.bring_up_to_date(&mut inner, &set, now)? {
+        let due = lifecycle::rotation_due(&lifecycle::expire(&set, now), now, &self.policy);
+        let held = set.next().filter(|next| due && !gate.may_sign(&next.kid));
+        let held = held.map(|next| next.kid.clone());
+        let rotated = due && held.is_none();
+        let changed = match self.bring_up_to_date(&mut inner, &set, now, held.is_none())? {
             Some(new) => {
                 let change = if rotated {
                     Change::Rotated
@@ -200,10 +212,11 @@ impl KeyManager {
                     Change::Expired
                 };
                 self.commit(&mut inner, new, change)?;
-                Ok(true)
+                true
             }
-            None => Ok(false),
-        }
+            None => false,
+        };
+        Ok(Ticked { changed, held })
     }
 
     /// Rotates now, refused while the next key is younger than `jwks_max_age` unless `force`.
@@ -248,15 +261,16 @@ impl KeyManager {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Expiry plus a rotation when one is due; `None` when nothing changes.
+    /// Expiry plus a rotation when one is due and `may_rotate`; `None` when nothing changes.
     fn bring_up_to_date(
         &self,
         inner: &mut Inner,
         set: &KeySet,
         now: u64,
+        may_rotate: bool,
     ) -> Result<Option<KeySet>, ManagerError> {
         let expired = lifecycle::expire(set, now);
-        if lifecycle::rotation_due(&expired, now, &self.policy) {
+        if may_rotate && lifecycle::rotation_due(&expired, now, &self.policy) {
             let new_next = self.create(inner, now)?;
             return Ok(Some(lifecycle::rotate(
                 &expired,
@@ -325,29 +339,54 @@ impl KeyManager {
     }
 }
 
+/// What a gated tick did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticked {
+    /// The set changed (a rotation or an expiry).
+    pub changed: bool,
+    /// A rotation was due and held back: this next key is not yet held by every verifier.
+    pub held: Option<Kid>,
+}
+
 /// How often the rotator wakes at most: to check the store's files and to notice a changed clock.
 const CHECK_INTERVAL_SECS: u64 = 2;
 
+/// How long a held rotation waits between two looks at the gate.
+const HELD_RECHECK: Duration = Duration::from_millis(500);
+
 /// Drives the schedule until `shutdown` turns true: sleeps until the next deadline (at most
-/// `CHECK_INTERVAL_SECS`), checks the store's files, then ticks. A failing store is retried.
-pub async fn run_rotator(manager: Arc<KeyManager>, mut shutdown: watch::Receiver<bool>) {
+/// `CHECK_INTERVAL_SECS`), checks the store's files, then ticks through `gate`. A failing store
+/// is retried; a held rotation is logged (at error level once it has waited a minute) and retried.
+pub async fn run_rotator(
+    manager: Arc<KeyManager>,
+    gate: Arc<dyn SignGate>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut held_since: Option<Instant> = None;
+    let mut last_warned: Option<Instant> = None;
     loop {
         let secs = match manager.next_deadline() {
             Some(deadline) => deadline.saturating_sub(manager.now()),
             None => CHECK_INTERVAL_SECS,
         };
-        let wait = Duration::from_secs(secs.min(CHECK_INTERVAL_SECS));
+        let mut wait = Duration::from_secs(secs.min(CHECK_INTERVAL_SECS));
+        if held_since.is_some() {
+            wait = HELD_RECHECK;
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             _ = shutdown.changed() => return,
         }
-        let m = Arc::clone(&manager);
+        let (m, g) = (Arc::clone(&manager), Arc::clone(&gate));
         let ticked = tokio::task::spawn_blocking(move || {
             m.check_store();
-            m.tick()
+            m.tick_gated(&*g)
         });
         match ticked.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(ticked)) => {
+                gate.rotation_held(ticked.held.is_some());
+                report_held(ticked.held, &mut held_since, &mut last_warned);
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "key rotation failed; the current key keeps signing, retrying in 5s");
                 tokio::time::sleep(Duration::from_secs(5)).await;

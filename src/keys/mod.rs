@@ -4,11 +4,13 @@
 //! - `clock.rs`: the injected clock.
 //! - `lifecycle.rs`: the pure rules (rotate, expire, revoke) that turn one `KeySet` into the next.
 //! - `store/`: the `KeyStore` interface and the crash-safe file store; the only code that writes keys.
+//! - `gate.rs`: what a scheduled rotation asks first (push mode: does every target hold the key?).
 //! - `manager.rs`: the single writer: applies the rules, persists, then publishes a snapshot.
 //!
 //! Nothing here knows about HTTP or tokens' claims.
 
 pub mod clock;
+pub mod gate;
 pub mod lifecycle;
 pub mod manager;
 pub mod store;

@@ -167,6 +167,15 @@ impl Vault {
         response::auth(answer)
     }
 
+    /// `POST /v1/auth/approle/login {"role_id", "secret_id"}`: the new token's `auth` block.
+    pub async fn login_approle(&self, role_id: &str, secret_id: &str) -> Result<Auth, VaultError> {
+        let body = serde_json::json!({ "role_id": role_id, "secret_id": secret_id });
+        let request = self
+            .request(reqwest::Method::POST, "auth/approle/login", None)
+            .json(&body);
+        response::auth(self.send(request).await?)
+    }
+
     /// `GET /v1/<path>?<query>` with `token`: the secret.
     pub async fn read(
         &self,

@@ -522,7 +522,10 @@ async fn tls_healthz(
     server: &TestServer,
     config: rustls::ClientConfig,
 ) -> std::io::Result<(rustls::ProtocolVersion, String)> {
-    let tcp = tokio::net::TcpStream::connect(server.running.discovery_addr).await?;
+    let tcp = tokio::net::TcpStream::connect(
+        server.running.discovery_addr.expect("discovery is enabled"),
+    )
+    .await?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = connector.connect(name, tcp).await?;
@@ -620,7 +623,11 @@ async fn tls_1_2_and_tls_1_3_both_negotiate_with_openssl_s_client() {
     };
     let server = TestServer::start(tls_server()).await;
     let ca = server.pki.as_ref().unwrap().ca.clone();
-    let addr = server.running.discovery_addr.to_string();
+    let addr = server
+        .running
+        .discovery_addr
+        .expect("discovery is enabled")
+        .to_string();
     for (flag, expected) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
         let (openssl, ca, addr) = (openssl.clone(), ca.clone(), addr.clone());
         let output = tokio::task::spawn_blocking(move || {
@@ -667,9 +674,11 @@ async fn a_peer_outside_the_allow_list_is_closed_without_an_answer_and_counted()
     assert!(error.status().is_none(), "got an HTTP answer: {error:?}");
 
     // At the socket: whatever we send, not one byte comes back before the connection ends.
-    let mut tcp = tokio::net::TcpStream::connect(server.running.discovery_addr)
-        .await
-        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(
+        server.running.discovery_addr.expect("discovery is enabled"),
+    )
+    .await
+    .unwrap();
     let _ = tcp
         .write_all(b"GET /.well-known/jwks HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;

@@ -17,6 +17,7 @@ mod listeners;
 mod monitoring;
 mod netns;
 mod openbao;
+mod push;
 mod rotation;
 mod run;
 mod store;

@@ -202,6 +202,26 @@ impl Bao {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Freezes the server (SIGSTOP): it accepts connections but answers nothing, as a Vault
+    /// behind a broken network does. `resume` undoes it.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT), with all its state.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// A write with the root token that must succeed.
     pub async fn root_write(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self
