@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::KeySet;
-use crate::token::kinds::CLAIM_NAMES;
+use crate::token::kinds::claim_names;
 
 pub const CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 pub const JWKS_PATH: &str = "/.well-known/jwks";
@@ -35,7 +35,7 @@ impl ProviderMetadata {
             subject_types_supported: strings(&["public"]),
             id_token_signing_alg_values_supported: strings(&["RS256"]),
             scopes_supported: strings(&["openid"]),
-            claims_supported: strings(CLAIM_NAMES),
+            claims_supported: strings(&claim_names()),
         }
     }
 }

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 pub use super::input::FieldError;
 use super::input::{prefixed_id, project_name, simple_name, truncate};
-pub use super::kinds::CLAIM_NAMES;
 
 /// The run phase a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

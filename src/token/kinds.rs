@@ -7,36 +7,28 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::claims::{Audience, Claims, NamedInput, RunContext, RunIdInput, RunInput, RunPhase};
+use super::claims::{
+    Audience, Claims, NamedInput, RUN_CLAIMS, RunContext, RunIdInput, RunInput, RunPhase,
+};
 use super::input::FieldError;
 use super::module_test::{ModuleInput, ModuleTestClaims, ModuleTestContext};
 use super::stack::{DeploymentInput, PlanInput, StackClaims, StackContext, StackError, StackInput};
 
 /// Every claim name of every kind, for the discovery document's `claims_supported`: the
-/// workspace run claims in TFE's order, then the Stacks claims runs do not have.
-pub const CLAIM_NAMES: &[&str] = &[
-    "jti",
-    "iss",
-    "aud",
-    "iat",
-    "nbf",
-    "exp",
-    "sub",
-    "terraform_organization_id",
-    "terraform_organization_name",
-    "terraform_project_id",
-    "terraform_project_name",
-    "terraform_workspace_id",
-    "terraform_workspace_name",
-    "terraform_full_workspace",
-    "terraform_run_id",
-    "terraform_run_phase",
-    "terraform_operation",
-    "terraform_stack_deployment_name",
-    "terraform_stack_id",
-    "terraform_stack_name",
-    "terraform_plan_id",
-];
+/// workspace run claims in TFE's order, then the Stacks claims runs do not have (a module test's
+/// claims are all run claims).
+pub fn claim_names() -> Vec<&'static str> {
+    let mut names = RUN_CLAIMS.to_vec();
+    for name in super::stack::CLAIMS
+        .iter()
+        .chain(super::module_test::CLAIMS)
+    {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    names
+}
 
 /// Every member a `POST /v1/tokens` body (or `token issue`'s flags) may carry. A member is
 /// absent or a value of its type: `null` is refused like any other wrong type.
