@@ -665,6 +665,15 @@ fn serve_with_embedded_defaults_listens_on_8443_and_8080_with_a_private_dev_toke
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // As in a fresh checkout, where the README's first command runs: `keys/` exists, mode 0755
+    // (git's umask), holding the repository's README.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(keys.join("README.md"), "# keys\n").unwrap();
+    }
     let mut command = tfe_oidc(dir.path());
     command.arg("serve");
     let api: SocketAddr = "127.0.0.1:8080".parse().unwrap();
@@ -676,6 +685,10 @@ fn serve_with_embedded_defaults_listens_on_8443_and_8080_with_a_private_dev_toke
         }
         panic!("serve with the embedded defaults exited with {status}:\n{stderr}");
     }
+    assert!(
+        dir.path().join("keys/README.md").exists(),
+        "a file the store does not name survives"
+    );
     let stderr = server.stderr();
     let token_path = dir.path().join("keys/api-token");
     assert!(

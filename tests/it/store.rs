@@ -236,10 +236,13 @@ fn a_symlinked_manifest_or_key_file_is_refused_by_readers_and_writers_naming_it(
 fn a_keys_dir_or_key_file_open_to_others_or_owned_by_another_user_is_refused_with_the_fix() {
     let (_parent, keys, set) = populated_store();
     let shown = keys.display().to_string();
-    for mode in [0o770, 0o755, 0o701] {
+    for mode in [0o770, 0o775, 0o702] {
         chmod(&keys, mode);
         assert_refused_with(&keys, &format!("chmod 700 {shown}"));
     }
+    // Listable by others but writable by no one else (a fresh checkout's keys/): accepted.
+    chmod(&keys, 0o755);
+    drop(start_manager(&keys));
     chmod(&keys, 0o700);
 
     let key = pem(&keys, &current_kid(&set));
@@ -302,14 +305,14 @@ fn keys_dir_is_created_0700_when_the_development_token_is_written_first() {
     development_token(&keys).expect("the same token is read back");
 
     let open = parent.path().join("open");
-    fs::DirBuilder::new().mode(0o755).create(&open).unwrap();
-    chmod(&open, 0o755);
+    fs::DirBuilder::new().mode(0o775).create(&open).unwrap();
+    chmod(&open, 0o775);
     let err = development_token(&open).unwrap_err().to_string();
     assert!(
         err.contains(&format!("chmod 700 {}", open.display())),
-        "an existing 0755 directory is refused, not silently changed: {err}"
+        "an existing group-writable directory is refused, not silently changed: {err}"
     );
-    assert_eq!(fs::metadata(&open).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(fs::metadata(&open).unwrap().mode() & 0o777, 0o775);
 }
 
 #[test]

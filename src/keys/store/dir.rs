@@ -23,9 +23,9 @@ use crate::keys::Kid;
 /// Who besides the owner may use a file the store relies on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// No one: the directory, private keys, the development API token.
+    /// No one: private keys, the development API token.
     Private,
-    /// Others may read it, never write it: the manifest, the lock.
+    /// Others may read it, never write it: the directory, the manifest, the lock.
     ReadOnlyToOthers,
 }
 
@@ -72,17 +72,25 @@ impl KeyDir {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(errno_at(path))?;
         let stat = rustix::fs::fstat(&fd).map_err(errno_at(path))?;
-        check(path, &stat, FileType::Directory, Access::Private)?;
+        // Others may list the directory (a fresh checkout's `keys/` is 0755; the kids it shows
+        // are public), never write to it; every file with a secret is checked as private.
+        check(path, &stat, FileType::Directory, Access::ReadOnlyToOthers)?;
         Ok(KeyDir {
             path: path.to_owned(),
             fd,
         })
     }
 
-    /// Checks the opened directory again (one `fstat`): still this user's, still closed to others.
+    /// Checks the opened directory again (one `fstat`): still this user's, still not writable by
+    /// others.
     pub fn recheck(&self) -> Result<(), StoreError> {
         let stat = rustix::fs::fstat(&self.fd).map_err(errno_at(&self.path))?;
-        check(&self.path, &stat, FileType::Directory, Access::Private)
+        check(
+            &self.path,
+            &stat,
+            FileType::Directory,
+            Access::ReadOnlyToOthers,
+        )
     }
 
     /// The configured path, for messages.
@@ -420,13 +428,16 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         drop(dir);
         let path = parent.path().join("keys");
+        // Listable by others, as a fresh checkout's keys/ is: accepted.
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        KeyDir::create(&path).expect("a 0755 directory is accepted");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o775)).unwrap();
         let err = KeyDir::create(&path).unwrap_err().to_string();
         assert!(
             err.contains(&format!("chmod 700 {}", path.display())),
             "{err}"
         );
-        assert!(err.contains("0755"), "{err}");
+        assert!(err.contains("0775"), "{err}");
     }
 
     #[test]
