@@ -208,6 +208,18 @@ impl Fixture {
         }
     }
 
+    /// After `run` ended: the default Vault token the probe `name` saw is revoked, the private
+    /// directory is gone, and no secret reached `run`'s output.
+    async fn assert_revoked_and_cleaned(&self, name: &str, output: &Output, tmp: &TempDir) {
+        let token = self.report(name)["tokens"]["default"]["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(self.lookup(&token).await, 403);
+        assert_empty(tmp);
+        self.assert_quiet(output, &[&token]);
+    }
+
     async fn lookup(&self, token: &str) -> u16 {
         self.bao.read_status(token, "auth/token/lookup-self").await
     }
@@ -408,13 +420,7 @@ async fn failing_command_still_revokes_and_cleans_up() {
     let (command, tmp) = f.command("prod", &borrowed(&vars), &probe);
     let output = run_to_end(command);
     assert_eq!(output.status.code(), Some(3), "{output:?}");
-    let token = f.report("failing")["tokens"]["default"]["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(f.lookup(&token).await, 403);
-    assert_empty(&tmp);
-    f.assert_quiet(&output, &[&token]);
+    f.assert_revoked_and_cleaned("failing", &output, &tmp).await;
 }
 
 /// SIGTERM to `run` mid-command is forwarded; the command dies of it, the credentials are
@@ -446,13 +452,7 @@ async fn sigterm_mid_run_is_forwarded_then_revokes_and_cleans_up() {
         "the probe's sleep was cut short"
     );
     assert_eq!(output.status.code(), Some(143), "{output:?}");
-    let token = f.report("term")["tokens"]["default"]["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(f.lookup(&token).await, 403);
-    assert_empty(&tmp);
-    f.assert_quiet(&output, &[&token]);
+    f.assert_revoked_and_cleaned("term", &output, &tmp).await;
 }
 
 /// A token whose role gives it 3 s is renewed while an 8 s command runs: the command's
