@@ -19,6 +19,7 @@
 //! argument), it only signs one token each way (and checks that both ways sign the same claims), so
 //! that the test suite never spends time measuring.
 
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -65,15 +66,24 @@ fn main() {
         },
     ));
     let request = Arc::new(request());
-    let claims: Arc<TokenClaims> =
-        Arc::new(issuer.issue(&request, &key, 1_764_115_200).unwrap().claims);
+    let claims: Arc<TokenClaims> = Arc::new(
+        issuer
+            .issue(&request, &key, 1_764_115_200)
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .claims,
+    );
     let jwt_key = Arc::new(EncodingKey::from_rsa_der(&pkcs1));
     let jwt_header = Arc::new(Header {
         kid: Some(key.kid().to_string()),
         ..Header::new(Algorithm::RS256)
     });
     if !measure {
-        let ours = tfe_oidc::token::sign(&key, &*claims);
+        let ours = tfe_oidc::token::sign(&key, &*claims)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
         let theirs = jsonwebtoken::encode(&jwt_header, &*claims, &jwt_key).expect("jsonwebtoken");
         let payload = |token: &str| token.split('.').nth(1).map(str::to_owned);
         assert_eq!(
@@ -89,7 +99,12 @@ fn main() {
     }
     // A message the size of a real signing input (header.payload).
     let message: Arc<Vec<u8>> = {
-        let token = issuer.issue(&request, &key, 1_764_115_200).unwrap().token;
+        let token = issuer
+            .issue(&request, &key, 1_764_115_200)
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .token;
         let cut = token.rfind('.').unwrap();
         Arc::new(token.as_bytes()[..cut].to_vec())
     };
@@ -97,13 +112,13 @@ fn main() {
     let rsa = |n: usize| {
         let (key, message) = (Arc::clone(&key), Arc::clone(&message));
         rate(n, duration, move || {
-            std::hint::black_box(key.sign(&message));
+            std::hint::black_box(key.sign(&message).now_or_never());
         })
     };
     let jws = |n: usize| {
         let (key, claims) = (Arc::clone(&key), Arc::clone(&claims));
         rate(n, duration, move || {
-            std::hint::black_box(tfe_oidc::token::sign(&key, &*claims));
+            std::hint::black_box(tfe_oidc::token::sign(&key, &*claims).now_or_never());
         })
     };
     let jsonwebtoken = |n: usize| {
@@ -125,14 +140,20 @@ fn main() {
     let issue = |n: usize| {
         let (key, issuer, request) = (Arc::clone(&key), Arc::clone(&issuer), Arc::clone(&request));
         rate(n, duration, move || {
-            std::hint::black_box(issuer.issue(&request, &key, 1_764_115_200).unwrap());
+            std::hint::black_box(
+                issuer
+                    .issue(&request, &key, 1_764_115_200)
+                    .now_or_never()
+                    .unwrap()
+                    .unwrap(),
+            );
         })
     };
     // Warm up (CPU frequency, page faults, lazy CPU feature detection).
     rate(1, Duration::from_millis(300), {
         let (key, message) = (Arc::clone(&key), Arc::clone(&message));
         move || {
-            std::hint::black_box(key.sign(&message));
+            std::hint::black_box(key.sign(&message).now_or_never());
         }
     });
     let rsa_1 = rsa(1);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -23,7 +24,8 @@ use crate::http::{self, ApiState, DiscoveryState, Listener, Reloadable};
 use crate::keys::Clock;
 use crate::keys::lifecycle::Policy;
 use crate::keys::manager::{self, KeyManager, ManagerError};
-use crate::keys::store::{FileStore, KeyStore};
+use crate::keys::store::transit::TransitStore;
+use crate::keys::store::{FileStore, KeyStore, Loaded};
 use crate::telemetry::{Audit, Metrics};
 use crate::token::TokenIssuer;
 
@@ -193,13 +195,37 @@ fn development_token(config: &Config) -> Result<ApiTokens, StartError> {
     Ok(tokens)
 }
 
-/// Opens the configured key store, for writing.
-pub fn open_store(config: &Config) -> Result<Box<dyn KeyStore>, ManagerError> {
-    match config.keys.store {
+/// Opens the configured key store, for writing. The transit store calls Vault on `runtime`.
+pub fn open_store(config: &Config, runtime: Handle) -> Result<Box<dyn KeyStore>, ManagerError> {
+    match &config.keys.store {
         StoreKind::File => Ok(Box::new(FileStore::open(
             &config.keys.dir,
             config.keys.rsa_bits,
         )?)),
+        StoreKind::VaultTransit(transit) => Ok(Box::new(TransitStore::open(
+            transit,
+            config.keys.rsa_bits,
+            config.issuer.as_str(),
+            runtime,
+        )?)),
+    }
+}
+
+/// The committed key set without taking the store for writing (`keys list`, `token issue`): the
+/// file store read without its lock, or the transit store's record read from Vault.
+pub fn read_keys(config: &Config, runtime: Handle) -> Result<Loaded, ManagerError> {
+    match &config.keys.store {
+        StoreKind::File => Ok(crate::keys::store::read_unlocked(&config.keys.dir)?),
+        StoreKind::VaultTransit(transit) => {
+            let mut store = TransitStore::open(
+                transit,
+                config.keys.rsa_bits,
+                config.issuer.as_str(),
+                runtime,
+            )?
+            .read_only();
+            Ok(store.load()?)
+        }
     }
 }
 
@@ -244,8 +270,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     })?;
     let manager = {
         let (config, clock) = (config.clone(), Arc::clone(&clock));
+        let runtime = Handle::current();
         tokio::task::spawn_blocking(move || {
-            KeyManager::start(open_store(&config)?, clock, policy(&config))
+            KeyManager::start(open_store(&config, runtime)?, clock, policy(&config))
         })
         .await
         .map_err(|e| StartError::Task(e.to_string()))??

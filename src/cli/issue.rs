@@ -8,7 +8,6 @@ use clap::Args;
 
 use super::{ConfigArg, Failure, load};
 use crate::keys::SystemClock;
-use crate::keys::store::read_unlocked;
 use crate::token::claims::{NamedInput, RunIdInput};
 use crate::token::kinds::TokenInput;
 use crate::token::module_test::ModuleInput;
@@ -112,7 +111,8 @@ impl IssueArgs {
 pub(super) fn token_issue(args: IssueArgs) -> Result<(), Failure> {
     let config = load(&args.config)?;
     let request = TokenRequest::parse(args.into_input())?;
-    let loaded = read_unlocked(&config.keys.dir)?;
+    let runtime = super::runtime()?;
+    let loaded = crate::service::read_keys(&config, runtime.handle().clone())?;
     let current = loaded.set.current();
     // Never outlive what the key's retirement will cover: the server's max_ttl recorded on it.
     let mut policy = config.tokens.clone();
@@ -130,7 +130,9 @@ pub(super) fn token_issue(args: IssueArgs) -> Result<(), Failure> {
             ))
         })?;
     let now = crate::keys::Clock::now(&SystemClock);
-    let issued = issuer.issue_checked(&request.subject, checked, signer, now);
+    let issued = runtime
+        .block_on(issuer.issue_checked(&request.subject, checked, signer, now))
+        .map_err(|e| Failure::failed(format!("no token could be signed: {e}")))?;
     crate::telemetry::Audit::open(config.audit_path.as_deref())
         .and_then(|audit| audit.token_issued(&issued, "cli"))
         .map_err(|e| {

@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use super::{ConfigArg, Failure, OutputFormat, load};
+use super::{ConfigArg, Failure, OutputFormat, load, runtime};
 use crate::keys::manager::KeyManager;
-use crate::keys::store::read_unlocked;
 use crate::keys::{KeySet, SystemClock, listing};
 use crate::service;
 
 pub(super) fn list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let loaded = read_unlocked(&config.keys.dir)?;
+    let runtime = runtime()?;
+    let loaded = service::read_keys(&config, runtime.handle().clone())?;
     match format {
         OutputFormat::Json => println!(
             "{}",
@@ -23,7 +23,8 @@ pub(super) fn list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> 
 
 pub(super) fn rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let config = load(&arg)?;
-    let store = service::open_store(&config)?;
+    let runtime = runtime()?;
+    let store = service::open_store(&config, runtime.handle().clone())?;
     let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
     let set = manager.rotate(force)?;
     print!("{}", key_table(&set));

@@ -69,7 +69,27 @@ pub fn describe(c: &Config) -> String {
     lines.push(format!("tokens.audiences = {}", list(&c.tokens.audiences)));
     lines.push(format!("tokens.default_ttl = {}", d(c.tokens.default_ttl)));
     lines.push(format!("tokens.max_ttl = {}", d(c.tokens.max_ttl)));
-    lines.push("keys.store = \"file\"".to_owned());
+    match &c.keys.store {
+        super::StoreKind::File => lines.push("keys.store = \"file\"".to_owned()),
+        super::StoreKind::VaultTransit(v) => {
+            lines.push("keys.store = \"vault-transit\"".to_owned());
+            lines.push(format!("keys.vault.addr = {:?}", v.addr));
+            lines.push(format!(
+                "keys.vault.namespace = {}",
+                v.namespace
+                    .as_ref()
+                    .map_or("(none)".to_owned(), |n| format!("{n:?}"))
+            ));
+            lines.push(format!("keys.vault.ca_file = {}", path(&v.ca_file)));
+            lines.push(format!("keys.vault.mount = {:?}", v.mount));
+            lines.push(format!("keys.vault.key = {:?}", v.key));
+            lines.push(auth_line("keys.vault", &v.auth));
+            lines.push(format!("keys.vault.timeout = {}", d(v.timeout)));
+            lines.push(format!("keys.vault.kv_mount = {:?}", v.kv_mount));
+            lines.push(format!("keys.vault.kv_path = {:?}", v.kv_path));
+            lines.push(format!("keys.vault.refresh = {}", d(v.refresh)));
+        }
+    }
     lines.push(format!("keys.dir = {:?}", c.keys.dir.display().to_string()));
     lines.push(format!("keys.rsa_bits = {}", c.keys.rsa_bits));
     lines.push(format!(
@@ -96,24 +116,29 @@ pub fn describe(c: &Config) -> String {
                 .map_or("(none)".to_owned(), |n| format!("{n:?}"))
         ));
         lines.push(format!("push[{i}].ca_file = {}", path(&t.ca_file)));
-        lines.push(match &t.auth {
-            super::PushAuth::TokenFile(p) => {
-                format!("push[{i}].token_file = {:?}", p.display().to_string())
-            }
-            super::PushAuth::AppRole {
-                role_id,
-                secret_id_file,
-            } => format!(
-                "push[{i}].role_id = {role_id:?}, secret_id_file = {:?}",
-                secret_id_file.display().to_string()
-            ),
-        });
+        lines.push(auth_line(&format!("push[{i}]"), &t.auth));
         lines.push(format!(
             "push[{i}].repair_interval = {}",
             d(t.repair_interval)
         ));
     }
     lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// The login keys of a Vault section (never a secret: only where to read it).
+fn auth_line(section: &str, auth: &super::VaultAuth) -> String {
+    match auth {
+        super::VaultAuth::TokenFile(p) => {
+            format!("{section}.token_file = {:?}", p.display().to_string())
+        }
+        super::VaultAuth::AppRole {
+            role_id,
+            secret_id_file,
+        } => format!(
+            "{section}.role_id = {role_id:?}, secret_id_file = {:?}",
+            secret_id_file.display().to_string()
+        ),
+    }
 }
 
 /// A duration in the largest whole unit of the config's own forms (`90s`, `20m`, `24h`, `30d`).

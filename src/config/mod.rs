@@ -15,14 +15,16 @@ mod listener;
 pub mod push;
 pub mod raw;
 pub mod schema;
+pub mod vault;
 
 pub use describe::{describe, short_duration};
 pub use forms::{FormError, RsaBits, glob_match, is_loopback};
 pub use issuer::{Issuer, IssuerError, check_issuer};
 use listener::listener;
 pub use listener::{ListenerConfig, TlsFiles};
-pub use push::{PushAuth, PushTarget};
-pub use schema::{Key, ListenerKey, Section};
+pub use push::PushTarget;
+pub use schema::{Key, ListenerKey, Section, VaultKey};
+pub use vault::{TransitConfig, VaultAuth};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -86,7 +88,10 @@ impl TokenPolicy {
 /// Which key store holds the signing keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
+    /// `keys.dir` on this machine's disk.
     File,
+    /// A Vault transit key, shared by every replica on it.
+    VaultTransit(Box<TransitConfig>),
 }
 
 #[derive(Debug, Clone)]
@@ -270,11 +275,22 @@ fn token_policy(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TokenPolicy> {
 
 fn keys(raw: &Raw, problems: &mut Vec<Problem>) -> Option<KeysConfig> {
     let store = match raw.str(Key::KeysStore).unwrap_or("file") {
-        "file" => Some(StoreKind::File),
+        "file" => {
+            for key in vault::stray_keys(raw) {
+                problems.push(Problem::at(
+                    key,
+                    "is a setting of the Vault transit store: set keys.store = \"vault-transit\" or remove it",
+                ));
+            }
+            Some(StoreKind::File)
+        }
+        "vault-transit" => {
+            vault::transit(raw, problems).map(|t| StoreKind::VaultTransit(Box::new(t)))
+        }
         other => {
             problems.push(Problem::at(
                 Key::KeysStore,
-                format!("{other:?} is not supported by this build (use \"file\"; the Vault transit store is not built yet)"),
+                format!("{other:?} is not a key store: use \"file\" or \"vault-transit\""),
             ));
             None
         }

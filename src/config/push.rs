@@ -13,18 +13,7 @@ use toml::Value;
 use super::Problem;
 use super::raw::{RawValue, from_toml};
 use super::schema::Kind;
-
-/// How a push target logs in to Vault. Neither variant holds a secret: only where to read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushAuth {
-    /// A Vault token, read from this file before every push (so it can be replaced in place).
-    TokenFile(PathBuf),
-    /// An AppRole login at `auth/approle/login`; the secret id is read from the file at each login.
-    AppRole {
-        role_id: String,
-        secret_id_file: PathBuf,
-    },
-}
+use super::vault::{self, AuthKey, VaultAuth};
 
 /// One Vault JWT auth mount to keep in sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +24,7 @@ pub struct PushTarget {
     pub mount: String,
     pub namespace: Option<String>,
     pub ca_file: Option<PathBuf>,
-    pub auth: PushAuth,
+    pub auth: VaultAuth,
     /// Re-push this often even when nothing changed.
     pub repair_interval: Duration,
 }
@@ -203,17 +192,9 @@ fn addr(entry: &Entry<'_>, problems: &mut Vec<Problem>) -> Option<String> {
         ));
         return None;
     };
-    let addr = addr.trim_end_matches('/').to_owned();
-    let ok = (addr.starts_with("https://") || addr.starts_with("http://"))
-        && reqwest::Url::parse(&addr).is_ok_and(|u| u.path() == "/" || u.path().is_empty());
-    if !ok {
-        problems.push(entry.problem(
-            PushKey::Addr,
-            format!("{addr:?} is not an http(s)://host[:port] address"),
-        ));
-        return None;
-    }
-    Some(addr)
+    vault::addr(&addr)
+        .map_err(|why| problems.push(entry.problem(PushKey::Addr, why)))
+        .ok()
 }
 
 fn mount(entry: &Entry<'_>, problems: &mut Vec<Problem>) -> Option<String> {
@@ -224,55 +205,25 @@ fn mount(entry: &Entry<'_>, problems: &mut Vec<Problem>) -> Option<String> {
         ));
         return None;
     };
-    let mount = mount.trim_matches('/').to_owned();
-    let ok = !mount.is_empty()
-        && mount.split('/').all(|part| {
-            !part.is_empty()
-                && part != ".."
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        });
-    if !ok {
-        problems.push(entry.problem(PushKey::Mount, format!("{mount:?} is not a mount path")));
-        return None;
-    }
-    Some(mount)
+    vault::path(&mount, "mount path")
+        .map_err(|why| problems.push(entry.problem(PushKey::Mount, why)))
+        .ok()
 }
 
-fn auth(entry: &Entry<'_>, problems: &mut Vec<Problem>) -> Option<PushAuth> {
+fn auth(entry: &Entry<'_>, problems: &mut Vec<Problem>) -> Option<VaultAuth> {
     let token_file = entry.str(PushKey::TokenFile, problems);
     let role_id = entry.str(PushKey::RoleId, problems);
     let secret_id_file = entry.str(PushKey::SecretIdFile, problems);
-    match (token_file, role_id, secret_id_file) {
-        (Some(path), None, None) => Some(PushAuth::TokenFile(path.into())),
-        (None, Some(role_id), Some(path)) => Some(PushAuth::AppRole {
-            role_id,
-            secret_id_file: path.into(),
-        }),
-        (None, Some(_), None) => {
-            problems.push(entry.problem(PushKey::SecretIdFile, "is required with role_id"));
-            None
-        }
-        (None, None, Some(_)) => {
-            problems.push(entry.problem(PushKey::RoleId, "is required with secret_id_file"));
-            None
-        }
-        (None, None, None) => {
-            problems.push(entry.problem(
-                PushKey::TokenFile,
-                "is required, or role_id and secret_id_file for an AppRole login",
-            ));
-            None
-        }
-        (Some(_), _, _) => {
-            problems.push(entry.problem(
-                PushKey::TokenFile,
-                "set either token_file or role_id and secret_id_file, not both",
-            ));
-            None
-        }
-    }
+    vault::auth(token_file, role_id, secret_id_file)
+        .map_err(|(key, why)| {
+            let key = match key {
+                AuthKey::TokenFile => PushKey::TokenFile,
+                AuthKey::RoleId => PushKey::RoleId,
+                AuthKey::SecretIdFile => PushKey::SecretIdFile,
+            };
+            problems.push(entry.problem(key, why));
+        })
+        .ok()
 }
 
 #[cfg(test)]
@@ -297,7 +248,7 @@ mod tests {
         assert_eq!(targets[0].mount, "jwt");
         assert_eq!(targets[0].repair_interval, Duration::from_secs(300));
         assert_eq!(targets[1].name(), "http://w/n/a/jwt");
-        assert!(matches!(targets[1].auth, PushAuth::AppRole { .. }));
+        assert!(matches!(targets[1].auth, VaultAuth::AppRole { .. }));
     }
 
     #[test]

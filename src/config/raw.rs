@@ -166,6 +166,11 @@ impl Raw {
         }
     }
 
+    /// Whether `key` was set, in the file or the environment.
+    pub fn is_set(&self, key: Key) -> bool {
+        self.values.contains_key(&key)
+    }
+
     /// The `push` value of the file, as written.
     pub fn push(&self) -> Option<&Value> {
         self.push.as_ref()

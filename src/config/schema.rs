@@ -84,9 +84,45 @@ pub enum Key {
     KeysDir,
     RsaBits,
     RotationPeriod,
+    /// A key of `[keys.vault]`, the Vault transit store's settings.
+    KeysVault(VaultKey),
     AuditPath,
     VaultTimeout,
     AllowedVaultAddrs,
+}
+
+/// The keys of `[keys.vault]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VaultKey {
+    Addr,
+    Namespace,
+    CaFile,
+    Mount,
+    Key,
+    TokenFile,
+    RoleId,
+    SecretIdFile,
+    Timeout,
+    KvMount,
+    KvPath,
+    Refresh,
+}
+
+impl VaultKey {
+    pub const ALL: [VaultKey; 12] = [
+        VaultKey::Addr,
+        VaultKey::Namespace,
+        VaultKey::CaFile,
+        VaultKey::Mount,
+        VaultKey::Key,
+        VaultKey::TokenFile,
+        VaultKey::RoleId,
+        VaultKey::SecretIdFile,
+        VaultKey::Timeout,
+        VaultKey::KvMount,
+        VaultKey::KvPath,
+        VaultKey::Refresh,
+    ];
 }
 
 /// Every key the configuration accepts, in the order its problems are reported.
@@ -121,6 +157,18 @@ pub const SCHEMA: &[Key] = {
         Key::KeysDir,
         Key::RsaBits,
         Key::RotationPeriod,
+        Key::KeysVault(VaultKey::Addr),
+        Key::KeysVault(VaultKey::Namespace),
+        Key::KeysVault(VaultKey::CaFile),
+        Key::KeysVault(VaultKey::Mount),
+        Key::KeysVault(VaultKey::Key),
+        Key::KeysVault(VaultKey::TokenFile),
+        Key::KeysVault(VaultKey::RoleId),
+        Key::KeysVault(VaultKey::SecretIdFile),
+        Key::KeysVault(VaultKey::Timeout),
+        Key::KeysVault(VaultKey::KvMount),
+        Key::KeysVault(VaultKey::KvPath),
+        Key::KeysVault(VaultKey::Refresh),
         Key::AuditPath,
         Key::VaultTimeout,
         Key::AllowedVaultAddrs,
@@ -238,6 +286,56 @@ impl Key {
                 "TFE_OIDC_KEYS_ROTATION_PERIOD",
                 Kind::Duration,
             ),
+            Key::KeysVault(key) => match key {
+                VaultKey::Addr => ("keys.vault.addr", "TFE_OIDC_KEYS_VAULT_ADDR", Kind::Str),
+                VaultKey::Namespace => (
+                    "keys.vault.namespace",
+                    "TFE_OIDC_KEYS_VAULT_NAMESPACE",
+                    Kind::Str,
+                ),
+                VaultKey::CaFile => (
+                    "keys.vault.ca_file",
+                    "TFE_OIDC_KEYS_VAULT_CA_FILE",
+                    Kind::Str,
+                ),
+                VaultKey::Mount => ("keys.vault.mount", "TFE_OIDC_KEYS_VAULT_MOUNT", Kind::Str),
+                VaultKey::Key => ("keys.vault.key", "TFE_OIDC_KEYS_VAULT_KEY", Kind::Str),
+                VaultKey::TokenFile => (
+                    "keys.vault.token_file",
+                    "TFE_OIDC_KEYS_VAULT_TOKEN_FILE",
+                    Kind::Str,
+                ),
+                VaultKey::RoleId => (
+                    "keys.vault.role_id",
+                    "TFE_OIDC_KEYS_VAULT_ROLE_ID",
+                    Kind::Str,
+                ),
+                VaultKey::SecretIdFile => (
+                    "keys.vault.secret_id_file",
+                    "TFE_OIDC_KEYS_VAULT_SECRET_ID_FILE",
+                    Kind::Str,
+                ),
+                VaultKey::Timeout => (
+                    "keys.vault.timeout",
+                    "TFE_OIDC_KEYS_VAULT_TIMEOUT",
+                    Kind::Duration,
+                ),
+                VaultKey::KvMount => (
+                    "keys.vault.kv_mount",
+                    "TFE_OIDC_KEYS_VAULT_KV_MOUNT",
+                    Kind::Str,
+                ),
+                VaultKey::KvPath => (
+                    "keys.vault.kv_path",
+                    "TFE_OIDC_KEYS_VAULT_KV_PATH",
+                    Kind::Str,
+                ),
+                VaultKey::Refresh => (
+                    "keys.vault.refresh",
+                    "TFE_OIDC_KEYS_VAULT_REFRESH",
+                    Kind::Duration,
+                ),
+            },
             Key::AuditPath => ("audit.path", "TFE_OIDC_AUDIT_PATH", Kind::Str),
             Key::VaultTimeout => (
                 "exchange.vault_timeout",
@@ -301,6 +399,12 @@ mod tests {
                 assert!(key.path().starts_with(&format!("{section}.")), "{key:?}");
             }
         }
-        assert_eq!(SCHEMA.len(), 2 * 7 + 16);
+        assert_eq!(SCHEMA.len(), 2 * 7 + 16 + VaultKey::ALL.len());
+        for key in VaultKey::ALL {
+            assert!(
+                keys.contains(&Key::KeysVault(key)),
+                "{key:?} missing from SCHEMA"
+            );
+        }
     }
 }

@@ -38,8 +38,11 @@ use variables::{BackedConfig, Plan};
 pub trait Minter: Send + Sync {
     /// Why `audience` may not be minted, if it may not (the token policy's allowlist).
     fn refuses(&self, audience: &Audience) -> Option<String>;
-    /// A signed token for the run with `audience`.
-    fn mint(&self, audience: &Audience) -> Result<IssuedToken, ExchangeError>;
+    /// A signed token for the run with `audience` (signing may call Vault: the transit store).
+    fn mint<'a>(
+        &'a self,
+        audience: &'a Audience,
+    ) -> futures_util::future::BoxFuture<'a, Result<IssuedToken, ExchangeError>>;
 }
 
 /// What every exchange shares: the Vault pools and the `[exchange]` settings.
@@ -137,7 +140,10 @@ impl Exchanger {
     ) -> Result<(Vec<Shaped>, Vec<(String, String)>), ExchangeError> {
         let mut manual = Vec::new();
         for wanted in &plan.manual {
-            manual.push((wanted.env_name(), minter.mint(&wanted.audience)?.token));
+            manual.push((
+                wanted.env_name(),
+                minter.mint(&wanted.audience).await?.token,
+            ));
         }
         let mut pending = Vec::new();
         for config in &plan.vault {
@@ -145,7 +151,7 @@ impl Exchanger {
                 .clients
                 .connect(&config.endpoint)
                 .map_err(|e| vault_error(STEP_LOGIN, &config.name, e))?;
-            pending.push((config, vault, minter.mint(&config.audience)?));
+            pending.push((config, vault, minter.mint(&config.audience).await?));
         }
         let answers = join_all(pending.iter().map(|(config, vault, issued)| {
             vault.login_jwt(&config.auth_path, &config.role, &issued.token)

@@ -81,7 +81,12 @@ async fn issue_token(
     }
     let issued = state
         .issuer
-        .issue_checked(&request.subject, checked, signer, state.manager.now());
+        .issue_checked(&request.subject, checked, signer, state.manager.now())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "no token could be signed");
+            ApiError::Unavailable(format!("no token could be signed: {e}; see /readyz"))
+        })?;
     state.audit.token_issued(&issued, &caller.name).map_err(|e| {
         tracing::error!(error = %e, jti = %issued.claims.jti(), "audit.path cannot be written: the token was not handed out");
         ApiError::Unavailable(

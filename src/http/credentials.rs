@@ -105,7 +105,16 @@ impl Minter for ApiMinter<'_> {
         Some(e.message)
     }
 
-    fn mint(&self, audience: &Audience) -> Result<IssuedToken, ExchangeError> {
+    fn mint<'a>(
+        &'a self,
+        audience: &'a Audience,
+    ) -> futures_util::future::BoxFuture<'a, Result<IssuedToken, ExchangeError>> {
+        Box::pin(self.mint_one(audience))
+    }
+}
+
+impl ApiMinter<'_> {
+    async fn mint_one(&self, audience: &Audience) -> Result<IssuedToken, ExchangeError> {
         let request = self.request(audience);
         let checked = self
             .state
@@ -118,12 +127,15 @@ impl Minter for ApiMinter<'_> {
                 "no current signing key: the key store is not loaded; see the server log".into(),
             )
         })?;
-        let issued = self.state.issuer.issue_checked(
-            &request.subject,
-            checked,
-            signer,
-            self.state.manager.now(),
-        );
+        let issued = self
+            .state
+            .issuer
+            .issue_checked(&request.subject, checked, signer, self.state.manager.now())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "no token could be signed for the exchange");
+                ExchangeError::Unavailable(format!("no token could be signed: {e}"))
+            })?;
         // As for /v1/tokens: a token the audit cannot record is not used.
         self.state.audit.token_issued(&issued, self.caller).map_err(|e| {
             tracing::error!(error = %e, jti = %issued.claims.jti(), "audit.path cannot be written: the token was not used");

@@ -35,7 +35,12 @@ pub enum Change {
     Expired,
     /// A key was removed on request.
     Revoked,
+    /// Another replica committed this set (the transit store).
+    Synced,
 }
+
+/// How many times a change is decided again after another replica committed first.
+const CONFLICT_RETRIES: usize = 5;
 
 /// Errors of key management.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,8 @@ pub struct Unhealthy(String);
 struct Inner {
     store: Box<dyn KeyStore>,
     loaded: Loaded,
+    /// When `store.refresh` last ran.
+    refreshed: Instant,
 }
 
 /// The one writer of the key set; see the module documentation.
@@ -84,6 +91,7 @@ impl KeyManager {
     ) -> Result<KeyManager, ManagerError> {
         let mut store = store;
         let loaded = store.load()?;
+        let refreshed = Instant::now();
         let empty = KeySnapshot {
             set: KeySet::default(),
             signer: None,
@@ -92,7 +100,11 @@ impl KeyManager {
             rotations: 0,
         };
         let manager = KeyManager {
-            inner: Mutex::new(Inner { store, loaded }),
+            inner: Mutex::new(Inner {
+                store,
+                loaded,
+                refreshed,
+            }),
             clock,
             policy,
             jwks: watch::Sender::new(Arc::new(Rendered::of(&JwkSet::new(&empty.set)))),
@@ -100,17 +112,68 @@ impl KeyManager {
             health: Mutex::new(None),
             tick_failures: AtomicU64::new(0),
         };
-        {
-            let mut inner = manager.lock();
+        manager.retrying(|inner| {
             let set = inner.loaded.set.clone();
             let now = manager.clock.now();
-            let completed = manager.complete(&mut inner, &set, now)?;
+            let completed = manager.complete(inner, &set, now)?;
             let up_to_date = manager
-                .bring_up_to_date(&mut inner, &completed, now, true)?
+                .bring_up_to_date(inner, &completed, now, true)?
                 .unwrap_or(completed);
-            manager.commit(&mut inner, up_to_date, Change::Loaded)?;
-        }
+            if up_to_date == inner.loaded.set && !up_to_date.keys.is_empty() {
+                // Another replica's set, already complete and up to date: adopt it as it is.
+                manager.adopt(inner, Change::Loaded);
+                return Ok(());
+            }
+            manager.commit(inner, up_to_date, Change::Loaded)
+        })?;
         Ok(manager)
+    }
+
+    /// Runs `change` under the lock; when another replica committed first (the transit store),
+    /// loads what it committed and runs `change` again.
+    fn retrying<T>(
+        &self,
+        mut change: impl FnMut(&mut Inner) -> Result<T, ManagerError>,
+    ) -> Result<T, ManagerError> {
+        let mut inner = self.lock();
+        let mut attempts = 0;
+        loop {
+            match change(&mut inner) {
+                Err(ManagerError::Store(StoreError::Conflict)) if attempts < CONFLICT_RETRIES => {
+                    attempts += 1;
+                    tracing::info!(
+                        "another replica changed the key set first; deciding again on what it committed"
+                    );
+                    let loaded = inner.store.load()?;
+                    inner.loaded = loaded;
+                    inner.refreshed = Instant::now();
+                    self.adopt(&mut inner, Change::Synced);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes `inner.loaded`, which another replica committed. When this manager's `max_ttl`
+    /// is longer than what the set records for the current key, that is committed first, so no
+    /// token outlives the key's retirement; until it is, nothing signs.
+    fn adopt(&self, inner: &mut Inner, change: Change) {
+        let set = inner.loaded.set.clone();
+        let recorded = lifecycle::record_max_ttl(&set, &self.policy);
+        if recorded != set {
+            match self.commit(inner, recorded, change) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record this replica's max_ttl on the current key yet: no token is signed until it is");
+                    self.publish(set, None, change);
+                    return;
+                }
+            }
+        }
+        let signer = set
+            .current()
+            .and_then(|c| inner.loaded.signers.get(&c.kid).cloned());
+        self.publish(set, signer, change);
     }
 
     /// The snapshot readers use now.
@@ -142,8 +205,9 @@ impl KeyManager {
     pub fn check_store(&self) {
         let result = {
             let mut inner = self.lock();
-            let Inner { store, loaded } = &mut *inner;
-            store.restore(loaded)
+            let Inner { store, loaded, .. } = &mut *inner;
+            let restored = store.restore(loaded);
+            restored.and_then(|restored| self.refresh(&mut inner).map(|()| restored))
         };
         match result {
             Ok(restored) => {
@@ -163,6 +227,30 @@ impl KeyManager {
                 *slot = Some(problem);
             }
         }
+    }
+
+    /// Reads what other replicas committed, when the store's refresh interval has passed, and
+    /// publishes it.
+    fn refresh(&self, inner: &mut Inner) -> Result<(), StoreError> {
+        let due = inner
+            .store
+            .refresh_interval()
+            .is_some_and(|every| inner.refreshed.elapsed() >= every);
+        if !due {
+            return Ok(());
+        }
+        let refreshed = inner.store.refresh()?;
+        inner.refreshed = Instant::now();
+        if let Some(loaded) = refreshed {
+            inner.loaded = loaded;
+            self.adopt(inner, Change::Synced);
+        }
+        Ok(())
+    }
+
+    /// How often the store must be refreshed, if at all.
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        self.lock().store.refresh_interval()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -197,21 +285,28 @@ impl KeyManager {
     }
 
     fn apply_schedule(&self, gate: &dyn SignGate) -> Result<Ticked, ManagerError> {
-        let mut inner = self.lock();
+        self.retrying(|inner| self.schedule_once(inner, gate))
+    }
+
+    fn schedule_once(
+        &self,
+        inner: &mut Inner,
+        gate: &dyn SignGate,
+    ) -> Result<Ticked, ManagerError> {
         let set = inner.loaded.set.clone();
         let now = self.clock.now();
         let due = lifecycle::rotation_due(&lifecycle::expire(&set, now), now, &self.policy);
         let held = set.next().filter(|next| due && !gate.may_sign(&next.kid));
         let held = held.map(|next| next.kid.clone());
         let rotated = due && held.is_none();
-        let changed = match self.bring_up_to_date(&mut inner, &set, now, held.is_none())? {
+        let changed = match self.bring_up_to_date(inner, &set, now, held.is_none())? {
             Some(new) => {
                 let change = if rotated {
                     Change::Rotated
                 } else {
                     Change::Expired
                 };
-                self.commit(&mut inner, new, change)?;
+                self.commit(inner, new, change)?;
                 true
             }
             None => false,
@@ -221,27 +316,29 @@ impl KeyManager {
 
     /// Rotates now, refused while the next key is younger than `jwks_max_age` unless `force`.
     pub fn rotate(&self, force: bool) -> Result<KeySet, ManagerError> {
-        let mut inner = self.lock();
-        let now = self.clock.now();
-        let set = lifecycle::expire(&inner.loaded.set, now);
-        lifecycle::check_manual_rotation(&set, now, &self.policy, force)?;
-        let new_next = self.create(&mut inner, now)?;
-        let rotated = lifecycle::rotate(&set, now, &self.policy, new_next);
-        self.commit(&mut inner, rotated, Change::Rotated)?;
-        Ok(inner.loaded.set.clone())
+        self.retrying(|inner| {
+            let now = self.clock.now();
+            let set = lifecycle::expire(&inner.loaded.set, now);
+            lifecycle::check_manual_rotation(&set, now, &self.policy, force)?;
+            let new_next = self.create(inner, now)?;
+            let rotated = lifecycle::rotate(&set, now, &self.policy, new_next);
+            self.commit(inner, rotated, Change::Rotated)?;
+            Ok(inner.loaded.set.clone())
+        })
     }
 
     /// Removes `kid` at once; a missing current or next key is replaced.
     pub fn revoke(&self, kid: &Kid) -> Result<KeySet, ManagerError> {
-        let mut inner = self.lock();
-        let now = self.clock.now();
-        if !inner.loaded.set.contains(kid) {
-            return Err(ManagerError::UnknownKid(kid.clone()));
-        }
-        let removed = lifecycle::revoke(&inner.loaded.set, kid);
-        let completed = self.complete(&mut inner, &removed, now)?;
-        self.commit(&mut inner, completed, Change::Revoked)?;
-        Ok(inner.loaded.set.clone())
+        self.retrying(|inner| {
+            let now = self.clock.now();
+            if !inner.loaded.set.contains(kid) {
+                return Err(ManagerError::UnknownKid(kid.clone()));
+            }
+            let removed = lifecycle::revoke(&inner.loaded.set, kid);
+            let completed = self.complete(inner, &removed, now)?;
+            self.commit(inner, completed, Change::Revoked)?;
+            Ok(inner.loaded.set.clone())
+        })
     }
 
     /// When the set must next change by itself.
@@ -364,12 +461,16 @@ pub async fn run_rotator(
 ) {
     let mut held_since: Option<Instant> = None;
     let mut last_warned: Option<Instant> = None;
+    let refresh_every = manager.refresh_interval();
     loop {
         let secs = match manager.next_deadline() {
             Some(deadline) => deadline.saturating_sub(manager.now()),
             None => CHECK_INTERVAL_SECS,
         };
         let mut wait = Duration::from_secs(secs.min(CHECK_INTERVAL_SECS));
+        if let Some(every) = refresh_every {
+            wait = wait.min(every);
+        }
         if held_since.is_some() {
             wait = HELD_RECHECK;
         }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod gate;
 pub mod lifecycle;
 pub mod manager;
+pub mod spki;
 pub mod store;
 
 use std::fmt;
@@ -223,22 +224,45 @@ pub enum SetError {
     RetiredWithoutEnd(Kid),
 }
 
-/// The private half of a key, parsed once, able to sign. Its `Debug` shows only the kid.
+/// A key able to sign: the private half parsed once (the file store), or a version of a Vault
+/// transit key that signs in Vault (the transit store). Its `Debug` shows only the kid.
 pub struct SigningKey {
     kid: Kid,
-    pair: KeyPair,
+    jwk: PublicJwk,
+    backend: Backend,
     /// `base64url(header) + "."`, computed once per key.
     header_prefix: String,
 }
 
+enum Backend {
+    Local(KeyPair),
+    Transit(store::transit::VersionSigner),
+}
+
+/// Why a signature could not be made. Never holds key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SignError(pub String);
+
 impl SigningKey {
     pub fn new(pair: KeyPair) -> SigningKey {
-        let kid = public_jwk(&pair).thumbprint();
+        let jwk = public_jwk(&pair);
+        SigningKey::with_backend(jwk, Backend::Local(pair))
+    }
+
+    /// A key that signs through Vault's transit engine; `jwk` is the version's public key.
+    pub(crate) fn transit(jwk: PublicJwk, signer: store::transit::VersionSigner) -> SigningKey {
+        SigningKey::with_backend(jwk, Backend::Transit(signer))
+    }
+
+    fn with_backend(jwk: PublicJwk, backend: Backend) -> SigningKey {
+        let kid = jwk.thumbprint();
         let header = format!(r#"{{"alg":"RS256","typ":"JWT","kid":"{kid}"}}"#);
         let header_prefix = format!("{}.", B64.encode(header));
         SigningKey {
             kid,
-            pair,
+            jwk,
+            backend,
             header_prefix,
         }
     }
@@ -248,7 +272,7 @@ impl SigningKey {
     }
 
     pub fn jwk(&self) -> PublicJwk {
-        public_jwk(&self.pair)
+        self.jwk.clone()
     }
 
     /// `base64url(header) + "."` for this key's JWS header.
@@ -256,29 +280,45 @@ impl SigningKey {
         &self.header_prefix
     }
 
-    /// RS256 (RSASSA-PKCS1-v1_5 with SHA-256), through aws-lc's constant-time implementation.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let mut signature = vec![0; self.pair.public_modulus_len()];
-        self.pair
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                message,
-                &mut signature,
-            )
-            .expect("RSA signing with a validated key and a sized buffer cannot fail");
-        signature
+    /// RS256 (RSASSA-PKCS1-v1_5 with SHA-256): through aws-lc's constant-time implementation for
+    /// a local key (never fails, never waits), through Vault for a transit key.
+    pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        match &self.backend {
+            Backend::Local(pair) => Ok(sign_local(pair, message)),
+            Backend::Transit(signer) => signer.sign(message).await,
+        }
     }
 
-    pub fn key_pair(&self) -> &KeyPair {
-        &self.pair
+    /// The private key, for a key held in this process (the file store's).
+    pub fn key_pair(&self) -> Option<&KeyPair> {
+        match &self.backend {
+            Backend::Local(pair) => Some(pair),
+            Backend::Transit(_) => None,
+        }
     }
+}
+
+fn sign_local(pair: &KeyPair, message: &[u8]) -> Vec<u8> {
+    let mut signature = vec![0; pair.public_modulus_len()];
+    pair.sign(
+        &RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        message,
+        &mut signature,
+    )
+    .expect("RSA signing with a validated key and a sized buffer cannot fail");
+    signature
 }
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match &self.backend {
+            Backend::Local(_) => "local",
+            Backend::Transit(_) => "vault-transit",
+        };
         f.debug_struct("SigningKey")
             .field("kid", &self.kid)
+            .field("backend", &backend)
             .field("private", &"<redacted>")
             .finish()
     }

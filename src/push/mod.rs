@@ -6,7 +6,6 @@
 //! which is also the rotator's [`SignGate`]: a key may sign only once every target holds it.
 //! This module does not decide when keys change (`keys` does) and knows nothing of HTTP.
 
-mod pem;
 mod target;
 
 use std::fmt::Write as _;
@@ -17,12 +16,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, Issuer, Problem, PushAuth, PushTarget};
+use crate::config::{ConfigError, Issuer, Problem, PushTarget, VaultAuth};
 use crate::keys::manager::{KeyManager, SignGate};
 use crate::keys::{KeySnapshot, Kid};
 use crate::vault::{Endpoint, VaultClients};
 
-pub use pem::{BadJwk, public_key_pem};
+pub use crate::keys::spki::{BadJwk, public_key_pem};
 pub use target::PushError;
 
 /// Why push mode could not start.
@@ -237,8 +236,8 @@ pub fn read_files(targets: &[PushTarget]) -> Result<Vec<Option<Vec<u8>>>, Config
                 .ok()
         };
         match &t.auth {
-            PushAuth::TokenFile(path) => drop(read("token_file", path)),
-            PushAuth::AppRole { secret_id_file, .. } => {
+            VaultAuth::TokenFile(path) => drop(read("token_file", path)),
+            VaultAuth::AppRole { secret_id_file, .. } => {
                 drop(read("secret_id_file", secret_id_file))
             }
         }

@@ -8,7 +8,6 @@
 //! cleared. `oidc_client_secret` is never returned by a read, so a mount that also serves OIDC
 //! logins loses it: push to a mount used for JWT logins only.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +15,9 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::{BadJwk, Pushes, public_key_pem};
-use crate::config::{PushAuth, PushTarget};
+use crate::config::PushTarget;
 use crate::keys::KeySnapshot;
-use crate::vault::{Vault, VaultError, VaultToken};
+use crate::vault::{Session, SessionError, Vault, VaultError};
 
 /// The longest wait between two attempts of a failing push.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -29,18 +28,9 @@ const NOT_WRITTEN: &[&str] = &["status", "jwks_pairs"];
 /// Why one push failed. Never holds a token: Vault's error text or a file's path.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    /// The token file or the secret id file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Credentials {
-        path: String,
-        source: std::io::Error,
-    },
-    /// The file holds no token.
-    #[error("{0} is empty")]
-    EmptyCredentials(String),
-    /// The AppRole login failed.
-    #[error("approle login: {0}")]
-    Login(VaultError),
+    /// No token: the token file or the AppRole login failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
     /// Reading the mount's config failed.
     #[error("read auth/{mount}/config: {source}")]
     Read { mount: String, source: VaultError },
@@ -57,12 +47,9 @@ pub(super) struct Pusher {
     index: usize,
     name: String,
     mount: String,
-    auth: PushAuth,
     repair_interval: Duration,
-    vault: Vault,
+    session: Session,
     issuer: String,
-    /// The AppRole login's token, until Vault refuses it.
-    login: Option<VaultToken>,
 }
 
 impl Pusher {
@@ -71,11 +58,9 @@ impl Pusher {
             index,
             name: target.name(),
             mount: target.mount.clone(),
-            auth: target.auth.clone(),
             repair_interval: target.repair_interval,
-            vault,
+            session: Session::new(vault, target.auth.clone()),
             issuer: issuer.to_owned(),
-            login: None,
         }
     }
 
@@ -130,9 +115,9 @@ impl Pusher {
             .iter()
             .map(|k| public_key_pem(&k.jwk))
             .collect::<Result<Vec<_>, _>>()?;
-        let token = self.token().await?;
+        let token = self.session.token().await?;
         let path = format!("auth/{}/config", self.mount);
-        let mut config = match self.vault.read(&token, &path, &[]).await {
+        let mut config = match self.session.vault().read(&token, &path, &[]).await {
             Ok(secret) => secret.data,
             Err(VaultError::Status { status: 404, .. }) => Map::new(),
             Err(source) => return Err(self.refused(source, true)),
@@ -146,7 +131,8 @@ impl Pusher {
         config.insert("bound_issuer".into(), Value::from(self.issuer.clone()));
         config.insert("jwt_supported_algs".into(), Value::from(vec!["RS256"]));
         match self
-            .vault
+            .session
+            .vault()
             .write(&token, &path, &Value::Object(config))
             .await
         {
@@ -155,11 +141,9 @@ impl Pusher {
         }
     }
 
-    /// The error of a refused call; an AppRole token Vault refused is dropped for a new login.
+    /// The error of a refused call; a token Vault refused is dropped for a new one.
     fn refused(&mut self, source: VaultError, read: bool) -> PushError {
-        if source.is_bad_token() {
-            self.login = None;
-        }
+        self.session.refused(&source);
         let mount = self.mount.clone();
         if read {
             PushError::Read { mount, source }
@@ -167,41 +151,4 @@ impl Pusher {
             PushError::Write { mount, source }
         }
     }
-
-    async fn token(&mut self) -> Result<VaultToken, PushError> {
-        match &self.auth {
-            PushAuth::TokenFile(path) => read_secret(path).await.map(VaultToken::new),
-            PushAuth::AppRole {
-                role_id,
-                secret_id_file,
-            } => {
-                if let Some(token) = &self.login {
-                    return Ok(token.clone());
-                }
-                let secret_id = read_secret(secret_id_file).await?;
-                let auth = self
-                    .vault
-                    .login_approle(role_id, &secret_id)
-                    .await
-                    .map_err(PushError::Login)?;
-                self.login = Some(auth.client_token.clone());
-                Ok(auth.client_token)
-            }
-        }
-    }
-}
-
-/// The first line of `path`, trimmed.
-async fn read_secret(path: &PathBuf) -> Result<String, PushError> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| PushError::Credentials {
-            path: path.display().to_string(),
-            source,
-        })?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(PushError::EmptyCredentials(path.display().to_string()));
-    }
-    Ok(secret.to_owned())
 }

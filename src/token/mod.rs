@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
 use crate::config::{Issuer, TokenPolicy};
-use crate::keys::{Kid, SigningKey, UnixTime};
+use crate::keys::{Kid, SignError, SigningKey, UnixTime};
 use claims::{Audience, FieldError};
 use kinds::{InputError, Kind, Subject, TokenClaims, TokenInput};
 
@@ -109,45 +109,57 @@ impl TokenIssuer {
     }
 
     /// Validates `request` and signs its token with `signer` at time `now`.
-    pub fn issue(
+    pub async fn issue(
         &self,
         request: &TokenRequest,
         signer: &SigningKey,
         now: UnixTime,
-    ) -> Result<IssuedToken, FieldError> {
+    ) -> Result<IssuedToken, IssueError> {
         let checked = self.check(request)?;
-        Ok(self.issue_checked(&request.subject, checked, signer, now))
+        Ok(self
+            .issue_checked(&request.subject, checked, signer, now)
+            .await?)
     }
 
-    /// Signs the token of a request `check` accepted, with the audience and TTL it returned.
-    pub fn issue_checked(
+    /// Signs the token of a request `check` accepted, with the audience and TTL it returned. Fails
+    /// only when a remote signer (Vault transit) does.
+    pub async fn issue_checked(
         &self,
         subject: &Subject,
         (audience, ttl): (Audience, Duration),
         signer: &SigningKey,
         now: UnixTime,
-    ) -> IssuedToken {
+    ) -> Result<IssuedToken, SignError> {
         let jti = uuid::Uuid::new_v4().to_string();
         let claims = subject.claims(&self.issuer, &audience, jti, now, now + ttl.as_secs());
-        IssuedToken {
-            token: sign(signer, &claims),
+        Ok(IssuedToken {
+            token: sign(signer, &claims).await?,
             kid: signer.kid().clone(),
             claims,
-        }
+        })
     }
 }
 
+/// Why a token was not issued: the request, or the signer.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
 /// The compact JWS of `claims` signed by `signer`.
-pub fn sign<C: Serialize>(signer: &SigningKey, claims: &C) -> String {
+pub async fn sign<C: Serialize>(signer: &SigningKey, claims: &C) -> Result<String, SignError> {
     let payload = serde_json::to_vec(claims).expect("claims always serialize");
     let mut token =
         String::with_capacity(signer.header_prefix().len() + payload.len() * 4 / 3 + 360);
     token.push_str(signer.header_prefix());
     B64.encode_string(payload, &mut token);
-    let signature = signer.sign(token.as_bytes());
+    let signature = signer.sign(token.as_bytes()).await?;
     token.push('.');
     B64.encode_string(signature, &mut token);
-    token
+    Ok(token)
 }
 
 /// The TTLs a request may ask for.

@@ -23,11 +23,15 @@
 //! - its `AuthInfo` derives `Debug` with `client_token` in clear;
 //! - it depends on reqwest 0.13 (this service uses 0.12), so the tree would hold two HTTP stacks.
 //!
+//! `session.rs` keeps one login alive (a token file or an AppRole login) for push mode and the
+//! transit key store.
+//!
 //! What the service needs of Vault is six calls; they are written here on the reqwest client
 //! the service already uses.
 
 mod pool;
 mod response;
+mod session;
 
 use std::fmt;
 use std::time::Duration;
@@ -37,6 +41,7 @@ use serde_json::Value;
 
 pub use pool::{VaultClients, build as http_client, roots_from_pem};
 pub use response::{Auth, Secret};
+pub use session::{Session, SessionError};
 
 /// A Vault client token. Its `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]

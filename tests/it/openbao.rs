@@ -9,6 +9,7 @@
 //! trusting a revoked key.
 
 use crate::common;
+use futures_util::FutureExt;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +94,7 @@ fn forge(key: &SigningKey, kid: &str, claims: &Claims) -> String {
         B64.encode(header.to_string()),
         B64.encode(serde_json::to_vec(claims).unwrap())
     );
-    let signature = key.sign(input.as_bytes());
+    let signature = key.sign(input.as_bytes()).now_or_never().unwrap().unwrap();
     format!("{input}.{}", B64.encode(signature))
 }
 
@@ -418,8 +419,11 @@ async fn openbao_refuses_what_the_role_does_not_allow_with_its_own_reasons() {
         .clone()
         .unwrap();
     assert_accepted(
-        bao.login(RUN_ROLE, &tfe_oidc::token::sign(&signer, &injected))
-            .await,
+        bao.login(
+            RUN_ROLE,
+            &tfe_oidc::token::sign(&signer, &injected).await.unwrap(),
+        )
+        .await,
         "(as documented: glob * matches ':') an injected sub signed by the issuer's key",
     );
     server.stop().await;

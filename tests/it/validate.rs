@@ -6,6 +6,7 @@
 //! checks after it are reported as skipped.
 
 use crate::common;
+use futures_util::FutureExt;
 
 use std::path::Path;
 use std::process::Command;
@@ -297,7 +298,8 @@ fn sign(key: &SigningKey, kid: &str, claims: &Value) -> String {
         B64.encode(header.to_string()),
         B64.encode(claims.to_string())
     );
-    format!("{input}.{}", B64.encode(key.sign(input.as_bytes())))
+    let signature = key.sign(input.as_bytes()).now_or_never().unwrap().unwrap();
+    format!("{input}.{}", B64.encode(signature))
 }
 
 fn claims_of(token: &str) -> Value {

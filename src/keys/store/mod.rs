@@ -13,6 +13,7 @@
 
 mod dir;
 mod pem;
+pub mod transit;
 
 use std::collections::HashMap;
 use std::io;
@@ -72,6 +73,13 @@ pub enum StoreError {
     /// The cryptographic library could not encode a private key as PKCS#8.
     #[error("a private key could not be encoded as PKCS#8")]
     Encode,
+    /// Another replica committed a different set first: nothing was changed; reload and decide
+    /// again.
+    #[error("another replica changed the key set first; nothing was changed")]
+    Conflict,
+    /// Vault (the transit store) refused or did not answer; nothing was changed.
+    #[error("{0}")]
+    Vault(String),
     /// Key files are present but the manifest that says which keys they are is gone: starting
     /// afresh would unpublish keys whose tokens may still be valid.
     #[error(
@@ -107,7 +115,9 @@ pub struct Restored {
     pub problem: StoreError,
 }
 
-/// A place that keeps keys durably. Implementations: `FileStore`; a Vault transit store later.
+/// A place that keeps keys durably. Implementations: `FileStore` (one writer, `keys.dir`) and
+/// `transit::TransitStore` (Vault, shared by replicas: `commit` may find that another replica
+/// committed first, and `refresh` brings in what the others committed).
 pub trait KeyStore: Send + 'static {
     /// The committed set, with a signing key for every key in a state that signs or will sign.
     fn load(&mut self) -> Result<Loaded, StoreError>;
@@ -121,6 +131,16 @@ pub trait KeyStore: Send + 'static {
     fn restore(&mut self, committed: &Loaded) -> Result<Vec<Restored>, StoreError> {
         let _ = committed;
         Ok(Vec::new())
+    }
+    /// What another writer committed since this store last loaded or committed, if anything:
+    /// `None` when the committed set is still the one this store knows. Stores with one writer
+    /// (the file store holds a lock) never see one.
+    fn refresh(&mut self) -> Result<Option<Loaded>, StoreError> {
+        Ok(None)
+    }
+    /// How often `refresh` should be called; `None` for a store that never needs it.
+    fn refresh_interval(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 
@@ -279,7 +299,10 @@ impl KeyStore for FileStore {
             let Some(signer) = committed.signers.get(&key.kid) else {
                 continue;
             };
-            let pem = || pkcs8_pem(signer.key_pair());
+            let Some(pair) = signer.key_pair() else {
+                continue;
+            };
+            let pem = || pkcs8_pem(pair);
             restored.extend(self.restore_file(&pem_name(&key.kid), Access::Private, pem)?);
         }
         Ok(restored)

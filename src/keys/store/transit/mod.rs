@@ -1,0 +1,526 @@
+//! The Vault transit store (`keys.store = "vault-transit"`): private keys that never leave Vault,
+//! shared by several replicas.
+//!
+//! - **Keys.** One non-exportable transit key (`rsa-2048` by default); each of our keys is one of
+//!   its versions. The JWKS is built from the versions' public keys; a version signs only through
+//!   `<mount>/sign/<key>/sha2-256` with an explicit `key_version`, so creating a version never
+//!   makes it sign.
+//! - **The lifecycle record.** Which version is next, current or retired, and when, is the same
+//!   `KeySet` the file store keeps in `keys.json`, plus each key's version. It lives in a KV
+//!   version 2 secret and is written with check-and-set: a replica that decided on an old record
+//!   loses the write (`StoreError::Conflict`), reads what the winner committed, and decides again.
+//!   So between them the replicas commit one rotation per period, with Vault as the only
+//!   coordinator.
+//! - **New keys.** `create` takes the lowest version above any the record ever named (a version
+//!   left by a replica that lost a race is used, not wasted), and rotates the transit key only
+//!   when there is none.
+//! - **Vault enforces the states.** After each commit, `min_encryption_version` is raised to the
+//!   lowest version that may still sign (a retired version keeps that right for a short grace, so
+//!   that a replica which has not read the record yet is not refused), and versions no longer
+//!   published are trimmed (`min_decryption_version`, then `trim`).
+//!
+//! Its calls block on the service's runtime (`Handle::block_on`): call them from
+//! `spawn_blocking`, as the key manager does.
+
+mod vault;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::runtime::Handle;
+
+use self::vault::{CallError, KeyInfo as TransitKey, TransitVault};
+use super::{KeyStore, Loaded, StoreError};
+use crate::config::{RsaBits, TransitConfig};
+use crate::keys::{KeyInfo, KeySet, KeyState, Kid, PublicJwk, SignError, SigningKey, UnixTime};
+use crate::vault::{Endpoint, Session, VaultClients};
+
+const FORMAT: u32 = 1;
+
+/// The record as stored in the KV secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    format: u32,
+    issuer: String,
+    /// `<mount>/keys/<name>`, so a record copied to another key is noticed.
+    transit_key: String,
+    /// The highest version any record named: a new key is always a higher one.
+    highest_version: u32,
+    keys: Vec<RecordKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RecordKey {
+    version: u32,
+    #[serde(flatten)]
+    info: KeyInfo,
+}
+
+/// Signs with one version of the transit key, and checks each signature against the version's
+/// public key before handing it out.
+pub struct VersionSigner {
+    vault: Arc<TransitVault>,
+    version: u32,
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+impl VersionSigner {
+    pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let digest = digest::digest(&digest::SHA256, message);
+        let signature = self
+            .vault
+            .sign(self.version, digest.as_ref())
+            .await
+            .map_err(|e| {
+                SignError(format!(
+                    "vault transit cannot sign with {} version {}: {e}",
+                    self.vault.key_path(),
+                    self.version
+                ))
+            })?;
+        let public = RsaPublicKeyComponents {
+            n: &self.n[..],
+            e: &self.e[..],
+        };
+        public
+            .verify(&RSA_PKCS1_2048_8192_SHA256, message, &signature)
+            .map_err(|_| {
+                SignError(format!(
+                    "vault transit's signature with {} version {} does not verify against that version's public key: the key was changed in Vault; nothing was signed",
+                    self.vault.key_path(),
+                    self.version
+                ))
+            })?;
+        Ok(signature)
+    }
+}
+
+/// The transit store; see the module documentation.
+pub struct TransitStore {
+    runtime: Handle,
+    vault: Arc<TransitVault>,
+    issuer: String,
+    /// The transit key type of new keys: `rsa-2048`.
+    key_type: String,
+    /// How long a retired version may still sign in Vault (for replicas that have not yet read
+    /// the record that retired it).
+    grace: Duration,
+    refresh: Duration,
+    /// The KV version of the record this store last read or wrote; 0 when there is none.
+    cas: u64,
+    /// The version of every key this store knows of.
+    versions: HashMap<Kid, u32>,
+    /// The record's `highest_version`.
+    highest: u32,
+    /// Versions `create` handed out since the last load or commit.
+    pending: Vec<u32>,
+    /// The transit key as last read or configured.
+    transit: Option<TransitKey>,
+    /// The committed set, for the enforcement still to be done (see `enforce`).
+    enforce_pending: Option<KeySet>,
+    /// Only reads (`keys list`, `token issue`): creates, configures and trims nothing.
+    read_only: bool,
+}
+
+impl std::fmt::Debug for TransitStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransitStore")
+            .field("key", &self.vault.key_path())
+            .field("record", &self.vault.record_path())
+            .field("cas", &self.cas)
+            .finish()
+    }
+}
+
+fn vault_error(context: &str, e: CallError) -> StoreError {
+    StoreError::Vault(format!("{context}: {e}"))
+}
+
+impl TransitStore {
+    /// A store on `config`'s transit key and record. Reads the CA file; calls nothing yet.
+    pub fn open(
+        config: &TransitConfig,
+        bits: RsaBits,
+        issuer: &str,
+        runtime: Handle,
+    ) -> Result<TransitStore, StoreError> {
+        let ca_pem = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let endpoint = Endpoint {
+            address: config.addr.clone(),
+            namespace: config.namespace.clone(),
+            ca_pem,
+            timeout: config.timeout,
+        };
+        let client = VaultClients::new()
+            .connect(&endpoint)
+            .map_err(|e| StoreError::Vault(format!("keys.vault: {e}")))?;
+        let session = Session::new(client, config.auth.clone());
+        let vault = TransitVault::new(
+            session,
+            &config.mount,
+            &config.key,
+            &config.kv_mount,
+            &config.kv_path,
+        );
+        Ok(TransitStore {
+            runtime,
+            vault: Arc::new(vault),
+            issuer: issuer.to_owned(),
+            key_type: format!("rsa-{}", bits.bits()),
+            grace: (config.refresh * 3).max(Duration::from_secs(10)),
+            refresh: config.refresh,
+            cas: 0,
+            versions: HashMap::new(),
+            highest: 0,
+            pending: Vec::new(),
+            transit: None,
+            enforce_pending: None,
+            read_only: false,
+        })
+    }
+
+    /// A store that only reads: for `keys list` and `token issue`, which change nothing.
+    pub fn read_only(mut self) -> TransitStore {
+        self.read_only = true;
+        self
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Reads the transit key, creating it when it does not exist, and checks it is one we may use.
+    fn read_transit(&mut self) -> Result<TransitKey, StoreError> {
+        let path = self.vault.key_path();
+        let key = match self.block_on(self.vault.read_key()) {
+            Ok(Some(key)) => key,
+            Ok(None) if self.read_only => {
+                return Err(StoreError::Vault(format!(
+                    "{path} does not exist yet: start `tfe-oidc serve` once to create it"
+                )));
+            }
+            Ok(None) => {
+                self.block_on(self.vault.create_key(&self.key_type))
+                    .map_err(|e| vault_error(&format!("create {path}"), e))?;
+                tracing::info!(key = %path, r#type = %self.key_type, "created the transit key");
+                self.block_on(self.vault.read_key())
+                    .map_err(|e| vault_error(&format!("read {path}"), e))?
+                    .ok_or_else(|| {
+                        StoreError::Vault(format!("{path} vanished after it was created"))
+                    })?
+            }
+            Err(e) => return Err(vault_error(&format!("read {path}"), e)),
+        };
+        let refuse = |why: String| StoreError::Corrupt {
+            path: path.clone().into(),
+            why,
+        };
+        if !key.type_name.starts_with("rsa-") {
+            return Err(refuse(format!(
+                "is a {:?} key; tfe-oidc signs RS256 and needs an rsa-2048, rsa-3072 or rsa-4096 key: name another key in keys.vault.key",
+                key.type_name
+            )));
+        }
+        if key.exportable || key.plaintext_backup {
+            return Err(refuse(
+                "is exportable or allows plaintext backups, so its private keys can leave Vault; tfe-oidc uses only keys that cannot (and Vault cannot turn this off): name a new key in keys.vault.key".into(),
+            ));
+        }
+        self.transit = Some(key.clone());
+        Ok(key)
+    }
+
+    /// The committed record, checked against the transit key and made into a `Loaded`.
+    fn read_committed(&mut self, transit: &TransitKey) -> Result<Loaded, StoreError> {
+        let stored = self
+            .block_on(self.vault.read_record())
+            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))?;
+        let Some(stored) = stored else {
+            self.cas = 0;
+            self.highest = 0;
+            self.versions.clear();
+            self.pending.clear();
+            return Ok(Loaded::default());
+        };
+        let record = self.parse_record(&stored.data)?;
+        let mut set = KeySet::default();
+        let mut signers = HashMap::new();
+        let mut versions = HashMap::new();
+        for key in &record.keys {
+            let jwk = self.check_version(transit, key)?;
+            if key.info.state.has_private_key() {
+                let signer = self.signer(key.version, jwk);
+                signers.insert(key.info.kid.clone(), Arc::new(signer));
+            }
+            versions.insert(key.info.kid.clone(), key.version);
+            set.keys.push(key.info.clone());
+        }
+        set.sort();
+        set.check()
+            .map_err(|e| self.corrupt_record(e.to_string()))?;
+        self.cas = stored.kv_version;
+        self.highest = record.highest_version;
+        self.versions = versions;
+        self.pending.clear();
+        Ok(Loaded { set, signers })
+    }
+
+    fn parse_record(&self, data: &Value) -> Result<Record, StoreError> {
+        let record: Record = serde_json::from_value(data.clone())
+            .map_err(|e| self.corrupt_record(format!("not a tfe-oidc lifecycle record ({e})")))?;
+        if record.format != FORMAT {
+            return Err(self.corrupt_record(format!(
+                "format {} is not {FORMAT}: written by another version of tfe-oidc",
+                record.format
+            )));
+        }
+        if record.issuer != self.issuer {
+            return Err(self.corrupt_record(format!(
+                "belongs to issuer {:?}, not {:?}: give each issuer its own keys.vault.key (or keys.vault.kv_path)",
+                record.issuer, self.issuer
+            )));
+        }
+        if record.transit_key != self.vault.key_path() {
+            return Err(self.corrupt_record(format!(
+                "describes the transit key {}, not {}: give each transit key its own keys.vault.kv_path",
+                record.transit_key,
+                self.vault.key_path()
+            )));
+        }
+        Ok(record)
+    }
+
+    fn corrupt_record(&self, why: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.vault.record_path().into(),
+            why,
+        }
+    }
+
+    /// The public key of `key`'s version, which must be the key the record names.
+    fn check_version(
+        &self,
+        transit: &TransitKey,
+        key: &RecordKey,
+    ) -> Result<PublicJwk, StoreError> {
+        let Some(version) = transit.versions.get(&key.version) else {
+            return Err(self.corrupt_record(format!(
+                "names version {} of {} for key {}, and Vault no longer has that version (trimmed or the key re-created outside tfe-oidc): tokens it signed cannot be verified; restore the transit key from a backup, or delete the record to start a new key history",
+                key.version,
+                self.vault.key_path(),
+                key.info.kid
+            )));
+        };
+        if version.jwk.thumbprint() != key.info.kid || version.jwk != key.info.jwk {
+            return Err(self.corrupt_record(format!(
+                "names version {} of {} for key {}, but that version holds another public key (the transit key was re-created outside tfe-oidc): delete the record to start a new key history",
+                key.version,
+                self.vault.key_path(),
+                key.info.kid
+            )));
+        }
+        Ok(version.jwk.clone())
+    }
+
+    fn signer(&self, version: u32, jwk: PublicJwk) -> SigningKey {
+        let decode = |m: &str| B64.decode(m).unwrap_or_default();
+        let signer = VersionSigner {
+            vault: Arc::clone(&self.vault),
+            version,
+            n: decode(&jwk.n),
+            e: decode(&jwk.e),
+        };
+        SigningKey::transit(jwk, signer)
+    }
+
+    /// The lowest version the record has never named and no `create` since the last commit took.
+    fn unused_version(&self, transit: &TransitKey) -> Option<u32> {
+        transit
+            .versions
+            .keys()
+            .copied()
+            .find(|v| *v > self.highest && !self.pending.contains(v))
+    }
+
+    /// Makes Vault enforce what `set` says: only versions that may sign can sign, and versions no
+    /// longer published are destroyed. Best effort: what fails is retried at the next refresh.
+    fn enforce(&mut self, set: &KeySet, now: UnixTime) {
+        if self.read_only {
+            return;
+        }
+        match self.try_enforce(set, now) {
+            Ok(done) => {
+                self.enforce_pending = (!done).then(|| set.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not yet make vault enforce the key set (signing floor or trim); retrying at the next refresh");
+                self.enforce_pending = Some(set.clone());
+            }
+        }
+    }
+
+    /// `Ok(true)` when Vault now enforces all of `set`; `Ok(false)` when a retired version is still
+    /// in its grace and the floor must be raised again later.
+    fn try_enforce(&mut self, set: &KeySet, now: UnixTime) -> Result<bool, StoreError> {
+        let version = |k: &KeyInfo| self.versions.get(&k.kid).copied();
+        let Some(current) = set.current().and_then(version) else {
+            return Ok(true);
+        };
+        let grace = self.grace.as_secs();
+        let in_grace: Vec<u32> = set
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Retired)
+            .filter(|k| k.retired_at.is_some_and(|at| at + grace > now))
+            .filter_map(version)
+            .collect();
+        let floor = in_grace
+            .iter()
+            .copied()
+            .chain([current])
+            .min()
+            .unwrap_or(current);
+        let lowest = set.keys.iter().filter_map(version).min().unwrap_or(current);
+        let Some(transit) = self.transit.clone() else {
+            return Ok(false);
+        };
+        let path = self.vault.key_path();
+        let floor = floor.max(transit.min_encryption_version);
+        let lowest = lowest.max(transit.min_decryption_version).min(floor);
+        if floor != transit.min_encryption_version || lowest != transit.min_decryption_version {
+            self.block_on(self.vault.configure(lowest, floor))
+                .map_err(|e| vault_error(&format!("configure {path}"), e))?;
+            tracing::info!(key = %path, min_encryption_version = floor, min_decryption_version = lowest, "vault now signs with no version below the signing floor");
+        }
+        if lowest > transit.min_available_version {
+            self.block_on(self.vault.trim(lowest))
+                .map_err(|e| vault_error(&format!("trim {path}"), e))?;
+            tracing::info!(key = %path, min_available_version = lowest, "destroyed the transit key versions no longer published");
+        }
+        if let Some(t) = &mut self.transit {
+            t.min_encryption_version = floor;
+            t.min_decryption_version = lowest;
+            t.min_available_version = t.min_available_version.max(lowest);
+            t.versions.retain(|v, _| *v >= lowest);
+        }
+        Ok(in_grace.is_empty())
+    }
+}
+
+fn now() -> UnixTime {
+    crate::keys::Clock::now(&crate::keys::SystemClock)
+}
+
+impl KeyStore for TransitStore {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let transit = self.read_transit()?;
+        let loaded = self.read_committed(&transit)?;
+        if !loaded.set.keys.is_empty() {
+            self.enforce(&loaded.set, now());
+        }
+        Ok(loaded)
+    }
+
+    fn create(&mut self) -> Result<Arc<SigningKey>, StoreError> {
+        let mut transit = match self.transit.clone() {
+            Some(t) => t,
+            None => self.read_transit()?,
+        };
+        if self.unused_version(&transit).is_none() {
+            let path = self.vault.key_path();
+            self.block_on(self.vault.rotate())
+                .map_err(|e| vault_error(&format!("rotate {path}"), e))?;
+            transit = self.read_transit()?;
+        }
+        let version = self.unused_version(&transit).ok_or_else(|| {
+            StoreError::Vault(format!(
+                "{} has no new version after a rotation",
+                self.vault.key_path()
+            ))
+        })?;
+        let jwk = transit.versions[&version].jwk.clone();
+        let signer = self.signer(version, jwk);
+        self.pending.push(version);
+        self.versions.insert(signer.kid().clone(), version);
+        Ok(Arc::new(signer))
+    }
+
+    fn commit(&mut self, set: &KeySet) -> Result<(), StoreError> {
+        self.pending.clear();
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for info in &set.keys {
+            let version = *self.versions.get(&info.kid).ok_or_else(|| {
+                StoreError::Vault(format!("key {} has no transit version", info.kid))
+            })?;
+            keys.push(RecordKey {
+                version,
+                info: info.clone(),
+            });
+        }
+        let highest = keys
+            .iter()
+            .map(|k| k.version)
+            .chain([self.highest])
+            .max()
+            .unwrap_or(0);
+        let record = Record {
+            format: FORMAT,
+            issuer: self.issuer.clone(),
+            transit_key: self.vault.key_path(),
+            highest_version: highest,
+            keys,
+        };
+        let data = serde_json::to_value(&record).expect("the record serializes");
+        match self.block_on(self.vault.write_record(&data, self.cas)) {
+            Ok(kv_version) => {
+                self.cas = kv_version;
+                self.highest = highest;
+                self.versions.retain(|kid, _| set.contains(kid));
+            }
+            Err(e) if e.is_cas_mismatch() => return Err(StoreError::Conflict),
+            Err(e) => {
+                return Err(vault_error(
+                    &format!("write {}", self.vault.record_path()),
+                    e,
+                ));
+            }
+        }
+        self.enforce(set, now());
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<Option<Loaded>, StoreError> {
+        let stored = self
+            .block_on(self.vault.read_record())
+            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))?;
+        let kv_version = stored.as_ref().map_or(0, |s| s.kv_version);
+        if kv_version == self.cas {
+            if let Some(set) = self.enforce_pending.take() {
+                self.enforce(&set, now());
+            }
+            return Ok(None);
+        }
+        let transit = self.read_transit()?;
+        let loaded = self.read_committed(&transit)?;
+        self.enforce_pending = None;
+        Ok(Some(loaded))
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        Some(self.refresh)
+    }
+}
