@@ -196,18 +196,20 @@ fn development_token(config: &Config) -> Result<ApiTokens, StartError> {
 }
 
 /// Opens the configured key store, for writing. The transit store calls Vault on `runtime`.
-pub fn open_store(config: &Config, runtime: Handle) -> Result<Box<dyn KeyStore>, ManagerError> {
+pub fn open_store(
+    config: &Config,
+    runtime: Handle,
+    clock: Arc<dyn Clock>,
+) -> Result<Box<dyn KeyStore>, ManagerError> {
     match &config.keys.store {
         StoreKind::File => Ok(Box::new(FileStore::open(
             &config.keys.dir,
             config.keys.rsa_bits,
         )?)),
-        StoreKind::VaultTransit(transit) => Ok(Box::new(TransitStore::open(
-            transit,
-            config.keys.rsa_bits,
-            config.issuer.as_str(),
-            runtime,
-        )?)),
+        StoreKind::VaultTransit(transit) => Ok(Box::new(
+            TransitStore::open(transit, config.keys.rsa_bits, config.issuer.as_str(), runtime)?
+                .with_clock(clock),
+        )),
     }
 }
 
@@ -272,7 +274,8 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         let (config, clock) = (config.clone(), Arc::clone(&clock));
         let runtime = Handle::current();
         tokio::task::spawn_blocking(move || {
-            KeyManager::start(open_store(&config, runtime)?, clock, policy(&config))
+            let store = open_store(&config, runtime, Arc::clone(&clock))?;
+            KeyManager::start(store, clock, policy(&config))
         })
         .await
         .map_err(|e| StartError::Task(e.to_string()))??

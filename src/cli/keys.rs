@@ -24,8 +24,9 @@ pub(super) fn list(arg: ConfigArg, format: OutputFormat) -> Result<(), Failure> 
 pub(super) fn rotate(arg: ConfigArg, force: bool) -> Result<(), Failure> {
     let config = load(&arg)?;
     let runtime = runtime()?;
-    let store = service::open_store(&config, runtime.handle().clone())?;
-    let manager = KeyManager::start(store, Arc::new(SystemClock), service::policy(&config))?;
+    let clock = Arc::new(SystemClock);
+    let store = service::open_store(&config, runtime.handle().clone(), clock.clone())?;
+    let manager = KeyManager::start(store, clock, service::policy(&config))?;
     let set = manager.rotate(force)?;
     print!("{}", key_table(&set));
     Ok(())

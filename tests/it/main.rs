@@ -21,4 +21,5 @@ mod push;
 mod rotation;
 mod run;
 mod store;
+mod transit;
 mod validate;

@@ -39,7 +39,9 @@ use tokio::runtime::Handle;
 use self::vault::{CallError, KeyInfo as TransitKey, TransitVault};
 use super::{KeyStore, Loaded, StoreError};
 use crate::config::{RsaBits, TransitConfig};
-use crate::keys::{KeyInfo, KeySet, KeyState, Kid, PublicJwk, SignError, SigningKey, UnixTime};
+use crate::keys::{
+    Clock, KeyInfo, KeySet, KeyState, Kid, PublicJwk, SignError, SigningKey, SystemClock, UnixTime,
+};
 use crate::vault::{Endpoint, Session, VaultClients};
 
 const FORMAT: u32 = 1;
@@ -128,6 +130,8 @@ pub struct TransitStore {
     enforce_pending: Option<KeySet>,
     /// Only reads (`keys list`, `token issue`): creates, configures and trims nothing.
     read_only: bool,
+    /// The clock of the grace of retired versions (the key manager's own, in tests a fake one).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for TransitStore {
@@ -190,7 +194,14 @@ impl TransitStore {
             transit: None,
             enforce_pending: None,
             read_only: false,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same store on another clock (the one its key manager uses).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> TransitStore {
+        self.clock = clock;
+        self
     }
 
     /// A store that only reads: for `keys list` and `token issue`, which change nothing.
@@ -421,16 +432,12 @@ impl TransitStore {
     }
 }
 
-fn now() -> UnixTime {
-    crate::keys::Clock::now(&crate::keys::SystemClock)
-}
-
 impl KeyStore for TransitStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let transit = self.read_transit()?;
         let loaded = self.read_committed(&transit)?;
         if !loaded.set.keys.is_empty() {
-            self.enforce(&loaded.set, now());
+            self.enforce(&loaded.set, self.clock.now());
         }
         Ok(loaded)
     }
@@ -499,7 +506,7 @@ impl KeyStore for TransitStore {
                 ));
             }
         }
-        self.enforce(set, now());
+        self.enforce(set, self.clock.now());
         Ok(())
     }
 
@@ -510,7 +517,7 @@ impl KeyStore for TransitStore {
         let kv_version = stored.as_ref().map_or(0, |s| s.kv_version);
         if kv_version == self.cas {
             if let Some(set) = self.enforce_pending.take() {
-                self.enforce(&set, now());
+                self.enforce(&set, self.clock.now());
             }
             return Ok(None);
         }
