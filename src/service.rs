@@ -207,8 +207,13 @@ pub fn open_store(
             config.keys.rsa_bits,
         )?)),
         StoreKind::VaultTransit(transit) => Ok(Box::new(
-            TransitStore::open(transit, config.keys.rsa_bits, config.issuer.as_str(), runtime)?
-                .with_clock(clock),
+            TransitStore::open(
+                transit,
+                config.keys.rsa_bits,
+                config.issuer.as_str(),
+                runtime,
+            )?
+            .with_clock(clock),
         )),
     }
 }

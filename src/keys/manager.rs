@@ -448,6 +448,9 @@ pub struct Ticked {
 /// How often the rotator wakes at most: to check the store's files and to notice a changed clock.
 const CHECK_INTERVAL_SECS: u64 = 2;
 
+/// How long the schedule waits after a tick failed.
+const TICK_RETRY: Duration = Duration::from_secs(5);
+
 /// How long a held rotation waits between two looks at the gate.
 const HELD_RECHECK: Duration = Duration::from_millis(500);
 
@@ -462,6 +465,7 @@ pub async fn run_rotator(
     let mut held_since: Option<Instant> = None;
     let mut last_warned: Option<Instant> = None;
     let refresh_every = manager.refresh_interval();
+    let mut retry_at: Option<Instant> = None;
     loop {
         let secs = match manager.next_deadline() {
             Some(deadline) => deadline.saturating_sub(manager.now()),
@@ -478,19 +482,24 @@ pub async fn run_rotator(
             _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
             _ = shutdown.changed() => return,
         }
+        // After a failed tick the schedule waits a while, but the store is still checked (and
+        // refreshed: a replica keeps up with the others while its own rotation cannot commit).
+        let tick_now = retry_at.is_none_or(|at| Instant::now() >= at);
         let (m, g) = (Arc::clone(&manager), Arc::clone(&gate));
         let ticked = tokio::task::spawn_blocking(move || {
             m.check_store();
-            m.tick_gated(&*g)
+            tick_now.then(|| m.tick_gated(&*g))
         });
         match ticked.await {
-            Ok(Ok(ticked)) => {
+            Ok(None) => {}
+            Ok(Some(Ok(ticked))) => {
+                retry_at = None;
                 gate.rotation_held(ticked.held.is_some());
                 report_held(ticked.held, &mut held_since, &mut last_warned);
             }
-            Ok(Err(e)) => {
+            Ok(Some(Err(e))) => {
                 tracing::error!(error = %e, "key rotation failed; the current key keeps signing, retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                retry_at = Some(Instant::now() + TICK_RETRY);
             }
             Err(e) => tracing::error!(error = %e, "key rotation task panicked"),
         }

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::bao::{Bao, VAULT_AUDIENCE, deploy_vault};
-use common::process::{Server, Setup, ports, tfe_oidc};
+use common::process::{Server, Setup, ports};
 use common::{run_body, write_tokens_file};
 use tfe_oidc::config::Config;
 use tfe_oidc::keys::lifecycle::Policy;
@@ -60,7 +60,12 @@ fn store_toml(bao: &Bao, token: &Path) -> String {
 
 async fn transit_key(bao: &Bao) -> Value {
     let (status, key) = bao
-        .call(reqwest::Method::GET, "transit/keys/tfe-oidc", Some("root"), None)
+        .call(
+            reqwest::Method::GET,
+            "transit/keys/tfe-oidc",
+            Some("root"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{key}");
     key["data"].clone()
@@ -84,13 +89,16 @@ fn verifies(token: &str, jwk: &tfe_oidc::keys::PublicJwk) -> bool {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     let (input, signature) = token.rsplit_once('.').unwrap();
     let (n, e) = (B64.decode(&jwk.n).unwrap(), B64.decode(&jwk.e).unwrap());
-    RsaPublicKeyComponents { n: &n[..], e: &e[..] }
-        .verify(
-            &RSA_PKCS1_2048_8192_SHA256,
-            input.as_bytes(),
-            &B64.decode(signature).unwrap(),
-        )
-        .is_ok()
+    RsaPublicKeyComponents {
+        n: &n[..],
+        e: &e[..],
+    }
+    .verify(
+        &RSA_PKCS1_2048_8192_SHA256,
+        input.as_bytes(),
+        &B64.decode(signature).unwrap(),
+    )
+    .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +149,11 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     for _ in 0..12 {
         clock.advance(PERIOD_SECS);
         let m = manager.clone();
-        assert!(tokio::task::spawn_blocking(move || m.tick().unwrap()).await.unwrap());
+        assert!(
+            tokio::task::spawn_blocking(move || m.tick().unwrap())
+                .await
+                .unwrap()
+        );
         let snapshot = manager.snapshot();
         let signer = snapshot.signer.clone().expect("a current key signs");
         assert_eq!(signer.kid(), &snapshot.set.current().unwrap().kid);
@@ -158,28 +170,42 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     // The signing floor: retired versions past their grace cannot sign any more.
     clock.advance(60);
     let m = manager.clone();
-    tokio::task::spawn_blocking(move || m.check_store()).await.unwrap();
+    tokio::task::spawn_blocking(move || m.check_store())
+        .await
+        .unwrap();
     let key = transit_key(&bao).await;
     let current_version = key["min_encryption_version"].as_u64().unwrap();
-    assert_eq!(current_version, 13, "only the current (13) and next (14) sign: {key}");
+    assert_eq!(
+        current_version, 13,
+        "only the current (13) and next (14) sign: {key}"
+    );
     let (status, answer) = bao
         .call(
             reqwest::Method::POST,
             "transit/sign/tfe-oidc/sha2-256",
             Some("root"),
-            Some(&json!({"input": "aGVsbG8=", "key_version": 12, "signature_algorithm": "pkcs1v15"})),
+            Some(
+                &json!({"input": "aGVsbG8=", "key_version": 12, "signature_algorithm": "pkcs1v15"}),
+            ),
         )
         .await;
     // OpenBao answers 500 for this refusal.
     assert!(
-        status >= 400 && answer.to_string().contains("less than the minimum encryption key version"),
+        status >= 400
+            && answer
+                .to_string()
+                .contains("less than the minimum encryption key version"),
         "a retired version is refused even to root: {status} {answer}"
     );
 
     // Past max_ttl + 5m every retired key leaves the JWKS, and Vault destroys its version.
     clock.advance(3600 + 300 + 1);
     let m = manager.clone();
-    assert!(tokio::task::spawn_blocking(move || m.tick().unwrap()).await.unwrap());
+    assert!(
+        tokio::task::spawn_blocking(move || m.tick().unwrap())
+            .await
+            .unwrap()
+    );
     let snapshot = manager.snapshot();
     // The tick also rotated (a period had passed): only the key it retired is retired.
     let retired: Vec<_> = snapshot
@@ -192,8 +218,14 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     assert_eq!(retired[0].retired_at, Some(clock.now()));
     let key = transit_key(&bao).await;
     let kept = versions(&key);
-    assert!(kept.iter().all(|v| *v >= 13), "trimmed to the published versions: {kept:?}");
-    assert!(key["min_available_version"].as_u64().unwrap() >= 13, "{key}");
+    assert!(
+        kept.iter().all(|v| *v >= 13),
+        "trimmed to the published versions: {kept:?}"
+    );
+    assert!(
+        key["min_available_version"].as_u64().unwrap() >= 13,
+        "{key}"
+    );
 
     // A second manager on the same key (a restart, or another replica) sees the same set.
     let (c, k) = (config.clone(), clock.clone());
@@ -214,4 +246,256 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     .await
     .unwrap();
     assert_eq!(again.snapshot().set, manager.snapshot().set);
+}
+
+/// A TCP balancer on loopback: each new connection goes to the next backend in turn (skipping
+/// one that refuses), as a load balancer in front of the replicas does.
+async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let turn = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let (backends, turn) = (backends.clone(), turn.clone());
+            tokio::spawn(async move {
+                for _ in 0..backends.len() {
+                    let backend = backends[turn.fetch_add(1, Ordering::Relaxed) % backends.len()];
+                    if let Ok(mut outbound) = TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One replica's configuration: its own ports and directory, the shared issuer and store.
+fn replica(issuer: &str, store: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens_file(dir.path());
+    let setup = Setup::with_tokens(
+        dir,
+        tokens,
+        "jwks_max_age = \"1s\"\n",
+        &format!("{store}[tokens]\ndefault_ttl = \"2m\"\nmax_ttl = \"5m\"\n"),
+    );
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replacen(
+        &format!("issuer = \"http://{}\"", setup.discovery),
+        &format!("issuer = {issuer:?}"),
+        1,
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    setup
+}
+
+/// `POST /v1/tokens` on a replica: the status and the token (if any).
+async fn mint(setup: &Setup) -> (u16, Option<String>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/tokens", setup.api))
+        .bearer_auth(&setup.tokens.all)
+        .json(&run_body("acme", "prod", "apply"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let Ok(response) = response else {
+        return (0, None);
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, body["token"].as_str().map(str::to_owned))
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// Every file under `dir`, read: none may hold a private key.
+fn assert_no_private_key(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_no_private_key(&path);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains("PRIVATE KEY"),
+                "{} holds private key material",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((bao, token)) = vault(dir.path()).await else {
+        return;
+    };
+    let store = store_toml(&bao, &token);
+    // Two replicas behind one balancer, whose address is the issuer.
+    let (a_discovery, _) = ports();
+    let (b_discovery, _) = ports();
+    let lb = balancer(vec![a_discovery, b_discovery]).await;
+    let issuer = format!("http://{lb}");
+    let mut setups = [replica(&issuer, &store), replica(&issuer, &store)];
+    for (setup, discovery) in setups.iter_mut().zip([a_discovery, b_discovery]) {
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        let text = text.replacen(
+            &format!("listen = \"{}\"", setup.discovery),
+            &format!("listen = \"{discovery}\""),
+            1,
+        );
+        std::fs::write(&setup.config, text).unwrap();
+        setup.discovery = discovery;
+    }
+    let mut servers: Vec<Option<Server>> = setups
+        .iter()
+        .map(|s| Some(s.serve(&[], &[]).ready()))
+        .collect();
+
+    // OpenBao trusts the issuer through discovery at the balancer.
+    bao.root_write("sys/auth/jwt", json!({ "type": "jwt" }))
+        .await;
+    bao.root_write(
+        "auth/jwt/config",
+        json!({ "oidc_discovery_url": issuer, "bound_issuer": issuer }),
+    )
+    .await;
+    bao.root_write(
+        &format!("auth/jwt/role/{ROLE}"),
+        json!({ "role_type": "jwt", "bound_audiences": [VAULT_AUDIENCE],
+                "user_claim": "terraform_full_workspace", "token_policies": ["default"], "token_ttl": "5m" }),
+    )
+    .await;
+
+    let start = Instant::now();
+    let mut logins = 0;
+    let mut kids = std::collections::BTreeSet::new();
+    let mut killed = false;
+    let mut frozen = false;
+    let mut turn = 0usize;
+    while kids.len() < 12 || !killed || !frozen {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "12 keys, a kill and a freeze within 120s; saw {} keys",
+            kids.len()
+        );
+        // Kill replica 1 in the middle of its period, then restart it.
+        if !killed && kids.len() >= 3 {
+            let mut server = servers[1].take().unwrap();
+            server.signal("KILL");
+            server.wait_exit(Duration::from_secs(5));
+            for _ in 0..4 {
+                try_login(&bao, &setups[0], &mut kids, &mut logins).await;
+            }
+            servers[1] = Some(setups[1].serve(&[], &[]).ready());
+            killed = true;
+        }
+        // Freeze Vault (it answers nothing): issuance is refused, the JWKS is still served.
+        if !frozen && kids.len() >= 6 {
+            bao.freeze();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for setup in &setups {
+                let (status, token) = mint(setup).await;
+                assert_eq!(
+                    (status, token.is_some()),
+                    (503, false),
+                    "issuance while vault is frozen"
+                );
+                let jwks = reqwest::get(format!("http://{}/.well-known/jwks", setup.discovery))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    jwks.status(),
+                    200,
+                    "the JWKS is served while vault is frozen"
+                );
+            }
+            bao.resume();
+            frozen = true;
+            // Both recover by themselves.
+            for setup in &setups {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while mint(setup).await.0 != 200 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "a replica did not recover within 20s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        let setup = &setups[turn % 2];
+        turn += 1;
+        try_login(&bao, setup, &mut kids, &mut logins).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = start.elapsed().as_secs();
+    // Rotations happen once per period between the two, not once per replica.
+    let key = transit_key(&bao).await;
+    let latest = key["latest_version"].as_u64().unwrap();
+    assert!(
+        latest <= elapsed / PERIOD_SECS + 6,
+        "{latest} versions in {elapsed}s with a {PERIOD_SECS}s period: replicas rotated on their own"
+    );
+    eprintln!(
+        "{logins} logins accepted, {} signing keys, {latest} versions in {elapsed}s",
+        kids.len()
+    );
+    for server in servers.into_iter().flatten() {
+        server.stop();
+    }
+    for setup in &setups {
+        assert_no_private_key(setup.dir.path());
+    }
+}
+
+/// Mints on `setup` and logs in to OpenBao with the token: a refusal fails the test.
+async fn try_login(
+    bao: &Bao,
+    setup: &Setup,
+    kids: &mut std::collections::BTreeSet<String>,
+    logins: &mut usize,
+) {
+    let (status, token) = mint(setup).await;
+    assert_eq!(status, 200, "issuance on {}", setup.api);
+    let token = token.unwrap();
+    if let Err(e) = bao.login(ROLE, &token).await {
+        let mut served = String::new();
+        for url in [format!("http://{}/.well-known/jwks", setup.discovery)] {
+            if let Ok(r) = reqwest::get(&url).await {
+                served.push_str(&r.text().await.unwrap_or_default());
+            }
+        }
+        panic!(
+            "login refused after {} logins for a token of kid {} from {}: {e}\nkids so far: {kids:?}\nits replica serves: {served}\nits log: {}",
+            logins,
+            kid_of(&token),
+            setup.api,
+            std::fs::read_dir(setup.dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".stderr"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+    }
+    kids.insert(kid_of(&token));
+    *logins += 1;
 }
