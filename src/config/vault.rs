@@ -161,10 +161,10 @@ pub(super) fn transit(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TransitC
     let refresh = raw
         .duration(at(VaultKey::Refresh))
         .unwrap_or(Duration::from_secs(5));
-    if refresh < Duration::from_millis(200) || refresh > Duration::from_secs(300) {
+    if refresh < Duration::from_millis(200) || refresh > Duration::from_secs(60) {
         problems.push(Problem::at(
             at(VaultKey::Refresh),
-            "must be between 200ms and 5m",
+            "must be between 200ms and 1m (replicas must see each other's changes long before a new key signs)",
         ));
     }
     if problems.len() > before {
@@ -191,4 +191,62 @@ pub(super) fn stray_keys(raw: &Raw) -> Vec<Key> {
         .map(Key::KeysVault)
         .filter(|&key| raw.is_set(key))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, StoreKind, VaultAuth};
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_parts(text, &[], None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_transit_store_reads_its_section_with_defaults() {
+        let text = "[keys]\nstore = \"vault-transit\"\n[keys.vault]\naddr = \"https://v:8200/\"\nrole_id = \"r\"\nsecret_id_file = \"s\"\n";
+        let config = Config::from_parts(text, &[], None).unwrap();
+        let StoreKind::VaultTransit(t) = config.keys.store else {
+            panic!("not the transit store")
+        };
+        assert_eq!(t.addr, "https://v:8200");
+        assert_eq!((t.mount.as_str(), t.key.as_str()), ("transit", "tfe-oidc"));
+        assert_eq!(
+            (t.kv_mount.as_str(), t.kv_path.as_str()),
+            ("secret", "tfe-oidc/tfe-oidc")
+        );
+        assert!(matches!(t.auth, VaultAuth::AppRole { .. }));
+        let env = [("TFE_OIDC_KEYS_VAULT_KEY".to_owned(), "other".to_owned())];
+        let config = Config::from_parts(text, &env, None).unwrap();
+        let StoreKind::VaultTransit(t) = config.keys.store else {
+            panic!("not the transit store")
+        };
+        assert_eq!(t.kv_path, "tfe-oidc/other");
+    }
+
+    #[test]
+    fn every_problem_of_the_section_is_named() {
+        let found = problems(
+            "[keys]\nstore = \"vault-transit\"\n[keys.vault]\nkey = \"a/b\"\nrefresh = \"10m\"\ntoken_file = \"t\"\nrole_id = \"r\"\n",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "keys.vault.addr",
+                "keys.vault.key",
+                "keys.vault.token_file",
+                "keys.vault.refresh"
+            ],
+            "{found:?}"
+        );
+        let stray = problems("[keys.vault]\naddr = \"https://v\"\n");
+        assert!(
+            stray[0].starts_with("keys.vault.addr: is a setting of the Vault transit store"),
+            "{stray:?}"
+        );
+        assert!(problems("[keys]\nstore = \"s3\"\n")[0].contains("\"file\" or \"vault-transit\""));
+    }
 }
