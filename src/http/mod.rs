@@ -22,7 +22,6 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -119,9 +118,6 @@ impl<S> HttpService for S where
 /// Serves `service` on `listener` until `shutdown` turns true, then drains: connections already
 /// waiting in the backlog are still accepted and answered, in-flight requests finish (within
 /// 30 s), idle connections close.
-///
-/// This task accepts; each accepted connection is served to its end by one of the serving
-/// threads ([`workers`]), the one with the fewest connections open.
 pub async fn serve(
     listener: Listener,
     service: impl HttpService,
@@ -248,110 +244,11 @@ impl Admission {
             .as_ref()
             .map(|config| TlsAcceptor::from(config.load_full()));
         let open = self.metrics.connection_opened(name);
-        let (service, shutdown) = (service.clone(), self.shutdown.clone());
-        let Some(worker) = Worker::least_loaded() else {
-            let connection = conn::serve(stream, tls, service, shutdown);
-            connections.spawn(async move {
-                connection.await;
-                drop((permit, open));
-            });
-            return;
-        };
-        // Moved to the worker's runtime: registered with its reactor there.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(listener = name, error = %e, "accepted connection lost");
-                return;
-            }
-        };
-        let load = worker.open();
-        connections.spawn_on(
-            async move {
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => conn::serve(stream, tls, service, shutdown).await,
-                    Err(e) => tracing::warn!(error = %e, "cannot serve a connection"),
-                }
-                drop((permit, open, load));
-            },
-            &worker.handle,
-        );
-    }
-}
-
-/// A serving thread: a single-threaded runtime of its own, and how many connections it serves.
-///
-/// Why not the multi-threaded runtime the process starts: there every connection's task may run
-/// on any worker, and a task woken while the other worker sleeps is handed over with a futex and
-/// an inter-processor interrupt, so most requests paid a cross-thread wake-up; that was ~5 % of
-/// the CPU time of a token and much of the latency tail of a JWKS request (bench/README.md). Here
-/// a connection's reads, handler and writes all run on the thread that serves it, as in nginx's
-/// workers. Connections are spread by count (fewest open first) rather than by the kernel
-/// (`SO_REUSEPORT` hashes the peer's port, and a shared socket lets the first thread to wake take
-/// a whole burst): an RSA signature holds its thread for a quarter of a millisecond, so a
-/// thread with more than its share of busy connections is the latency tail.
-pub struct Worker {
-    handle: tokio::runtime::Handle,
-    connections: std::sync::atomic::AtomicUsize,
-}
-
-/// Counts one connection on a [`Worker`] until dropped.
-struct WorkerLoad(&'static Worker);
-
-impl Drop for WorkerLoad {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Worker {
-    /// The serving threads, one per core, started on first use and kept for the life of the
-    /// process; empty when none could be started (connections are then served on the runtime
-    /// that accepts them).
-    pub fn all() -> &'static [Worker] {
-        static WORKERS: std::sync::OnceLock<Vec<Worker>> = std::sync::OnceLock::new();
-        WORKERS.get_or_init(|| {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut workers = Vec::with_capacity(n);
-            for i in 0..n {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start a serving runtime");
-                        break;
-                    }
-                };
-                let handle = runtime.handle().clone();
-                let started = std::thread::Builder::new()
-                    .name(format!("tfe-oidc-http-{i}"))
-                    .spawn(move || runtime.block_on(std::future::pending::<()>()));
-                match started {
-                    Ok(_) => workers.push(Worker {
-                        handle,
-                        connections: Default::default(),
-                    }),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start a serving thread");
-                        break;
-                    }
-                }
-            }
-            workers
-        })
-    }
-
-    fn least_loaded() -> Option<&'static Worker> {
-        Worker::all()
-            .iter()
-            .min_by_key(|w| w.connections.load(Ordering::Relaxed))
-    }
-
-    fn open(&'static self) -> WorkerLoad {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        WorkerLoad(self)
+        let connection = conn::serve(stream, tls, service.clone(), self.shutdown.clone());
+        connections.spawn(async move {
+            connection.await;
+            drop((permit, open));
+        });
     }
 }
 
