@@ -838,6 +838,15 @@ def grow(args, work, keys, body, reps, started_proc, stop_all):
     return out
 
 
+def tick(x):
+    """An axis label: 2, 256, 10,000, 250k, 1.0M."""
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if x >= 1e5:
+        return f"{x / 1e3:.0f}k"
+    return f"{x:,.0f}" if x == int(x) else f"{x:,.3g}"
+
+
 def svg_panels(path, title, panels, note=""):
     """A small SVG of line charts, two a row; each panel is
     {"title", "x", "y", "series": [(name, [(x, y)...])], "logx": bool}. Stdlib only."""
@@ -870,8 +879,11 @@ def svg_panels(path, title, panels, note=""):
             yv = y0 + (y1 - y0) * k / 4
             out.append(f'<line x1="{l}" y1="{Y(yv):.1f}" x2="{r}" y2="{Y(yv):.1f}" stroke="#eee"/>'
                        f'<text x="{l - 4}" y="{Y(yv) + 4:.1f}" text-anchor="end">{yv:,.3g}</text>')
-        for xv in sorted({x for x, _ in pts}):
-            out.append(f'<text x="{X(xv):.1f}" y="{b + 14}" text-anchor="middle">{xv:,.4g}</text>')
+        ticks = sorted({x for x, _ in pts})
+        if len(ticks) > 8:  # many samples (the token run): five evenly spaced ticks
+            ticks = [ticks[0] + (ticks[-1] - ticks[0]) * k / 4 for k in range(5)]
+        for xv in ticks:
+            out.append(f'<text x="{X(xv):.1f}" y="{b + 14}" text-anchor="middle">{tick(xv)}</text>')
         out.append(f'<text x="{(l + r) / 2}" y="{b + 30}" text-anchor="middle">{html.escape(p["x"])}</text>')
         out.append(f'<text x="{ox + 14}" y="{(t + b) / 2}" transform="rotate(-90 {ox + 14} {(t + b) / 2})" '
                    f'text-anchor="middle">{html.escape(p["y"])}</text>')
