@@ -39,8 +39,10 @@ TOKEN_BODY = {
 
 TARGETS = {
     "issuance_vs_openssl": 0.85,
+    "token_cpu_vs_openssl_1core": 0.90,
     "jwks_vs_nginx": 1.0,
-    "jwks_p99_ms": 1.0,
+    "p99_vs_nginx": 1.0,
+    "rss_growth_mib": 2.0,
     "idle_rss_mib": 20.0,
     "ready_existing_ms": 100.0,
 }
@@ -119,15 +121,21 @@ class Proc:
 
     def cpu_seconds(self):
         """utime + stime of the process tree (all threads, nginx and node workers included)."""
-        total = 0
+        return sum(self.cpu_split())
+
+    def cpu_split(self):
+        """(utime, stime) of the process tree, in seconds."""
+        user = system = 0
         for pid in self.tree_pids():
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                user += int(fields[11])
+                system += int(fields[12])
             except OSError:
                 pass
-        return total / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return user / tick, system / tick
 
     def stop(self, timeout=35):
         if self.alive():
@@ -241,7 +249,7 @@ def make_tls(work):
 class Tfe:
     """tfe-oidc with a config file written for this run."""
 
-    def __init__(self, binary, work, keys_dir, tls=None, name="tfe-oidc"):
+    def __init__(self, binary, work, keys_dir, tls=None, name="tfe-oidc", extra=None):
         self.binary, self.work, self.keys_dir, self.tls, self.name = binary, work, keys_dir, tls, name
         self.discovery_port, self.api_port = free_port(), free_port()
         scheme = "https" if tls else "http"
@@ -249,8 +257,12 @@ class Tfe:
                  "[discovery]", f'listen = "127.0.0.1:{self.discovery_port}"']
         if tls:
             lines += [f'tls_cert = "{tls["cert"]}"', f'tls_key = "{tls["key"]}"']
+        lines += (extra or {}).get("discovery", [])
         lines += ["", "[api]", f'listen = "127.0.0.1:{self.api_port}"',
                   "", "[keys]", f'dir = "{keys_dir}"', ""]
+        for section, extra_lines in (extra or {}).items():
+            if section != "discovery":
+                lines += ["", f"[{section}]", *extra_lines, ""]
         self.config = os.path.join(work, f"{name}.toml")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))
@@ -344,6 +356,8 @@ def openssl_speed(cores, seconds, mask=False):
             raise RuntimeError(f"cannot parse openssl speed output:\n{out}")
         return float(rows[-1].split(":")[3])
 
+    if cores is None:
+        return {"sign_per_cpu_s": signs([])}
     return {"sign_per_s": signs(["-multi", str(cores)]), "sign_per_cpu_s": signs([])}
 
 
@@ -365,10 +379,13 @@ def peer_sign(kind, seconds, mask=False):
 def measured(proc, url, conns, threads, duration, **kw):
     """A wrk run plus the server's CPU time over it (noise from other processes does not inflate
     it the way it deflates req/s)."""
-    cpu0 = proc.cpu_seconds()
+    u0, s0 = proc.cpu_split()
     r = wrk(url, conns, threads, duration, **kw)
-    cpu = proc.cpu_seconds() - cpu0
+    u1, s1 = proc.cpu_split()
+    cpu = (u1 - u0) + (s1 - s0)
     r["server_cpu_s"] = cpu
+    r["server_user_us_per_req"] = (u1 - u0) / r["requests"] * 1e6 if r["requests"] else None
+    r["server_sys_us_per_req"] = (s1 - s0) / r["requests"] * 1e6 if r["requests"] else None
     r["req_per_server_cpu_s"] = r["requests"] / cpu if cpu > 0 else None
     r["server_cpu_us_per_req"] = cpu / r["requests"] * 1e6 if r["requests"] else None
     r["client_cpu_us_per_req"] = r["client_cpu_s"] / r["requests"] * 1e6 if r["requests"] else None
@@ -383,6 +400,9 @@ def summarize_wrk(runs):
         "p99_ms": median([r["lat_p99_us"] / 1000 for r in runs]),
         "req_per_server_cpu_s": median([r.get("req_per_server_cpu_s") for r in runs]),
         "server_cpu_us_per_req": median([r.get("server_cpu_us_per_req") for r in runs]),
+        "server_user_us_per_req": median([r.get("server_user_us_per_req") for r in runs]),
+        "server_sys_us_per_req": median([r.get("server_sys_us_per_req") for r in runs]),
+        "vs_openssl_cpu": median([r.get("vs_openssl_cpu") for r in runs]),
         "client_cpu_us_per_req": median([r.get("client_cpu_us_per_req") for r in runs]),
         "requests": sum(r["requests"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
@@ -398,7 +418,7 @@ def ratio(a, b):
 
 # ---------------------------------------------------------------------------------------------
 
-PHASES = ("ready", "sign", "issue", "get", "noifma")
+PHASES = ("ready", "sign", "issue", "get", "noifma", "grow")
 
 
 def main():
@@ -409,10 +429,18 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every measurement (median)")
     ap.add_argument("--duration", type=float, default=3, help="seconds per wrk run")
     ap.add_argument("--sign-seconds", type=float, default=2, help="seconds per signing figure")
-    ap.add_argument("--concurrency", default="1,4,16,32", help="issuance connection counts")
+    ap.add_argument("--concurrency", default="1,8,32", help="issuance connection counts")
+    ap.add_argument("--get-connections", default="32,256", help="GET connection counts")
     ap.add_argument("--only", default=",".join(PHASES),
                     help=f"comma-separated phases to run, of {','.join(PHASES)}")
     ap.add_argument("--no-peers", action="store_true", help="skip oidc-provider, jose and PyJWT")
+    ap.add_argument("--jwks-bench", help="the benches/jwks.rs executable (phase grow)")
+    ap.add_argument("--tokens", type=int, default=1_000_000,
+                    help="tokens issued in the long run of phase grow (RSS must stay flat)")
+    ap.add_argument("--grow-connections", default="32,256,1000,4000,10000",
+                    help="keep-alive connection counts of phase grow")
+    ap.add_argument("--grow-keys", default="2,5,10,20,50", help="published key counts of phase grow")
+    ap.add_argument("--plots", default=BENCH, help="where phase grow writes its SVG plots")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
@@ -422,16 +450,17 @@ def main():
     reps = max(1, args.reps)
     sign_s = max(1, int(round(args.sign_seconds)))
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    get_conns = [int(c) for c in args.get_connections.split(",")]
     phases = set(args.only.split(","))
     if phases - set(PHASES):
         ap.error(f"unknown phase(s): {', '.join(sorted(phases - set(PHASES)))}")
     peers = not args.no_peers
     work = tempfile.mkdtemp(prefix="tfe-oidc-bench.")
     started = time.time()
-    res = {"schema": 1, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    res = {"schema": 2, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
            "machine": machine_facts(cores), "settings": {
                "reps": reps, "wrk_seconds": dur, "sign_seconds": sign_s, "phases": sorted(phases),
-               "issuance_concurrency": concurrencies, "get_connections": 32,
+               "issuance_concurrency": concurrencies, "get_connections": get_conns,
                "wrk_threads_get": min(2, cores), "wrk_threads_post": 1, "peers": peers},
            "loadavg_start": loadavg(), "targets": TARGETS}
     procs = []
@@ -518,10 +547,19 @@ def main():
             post = dict(method="POST", body=body, auth=tfe.bearer)
             wrk(url, 8, 1, 1, **post)  # warm-up
             runs = {c: [] for c in concurrencies}
+            ossl = []
             for _ in range(reps):
+                # The reference of this repetition, in the same minute: `openssl speed rsa2048` on
+                # one core, signs per user CPU-second.
+                ossl.append(openssl_speed(None, 2)["sign_per_cpu_s"])
                 for c in concurrencies:
-                    runs[c].append(measured(tfe.proc, url, c, 1, dur, **post))
+                    r = measured(tfe.proc, url, c, 1, dur, **post)
+                    r["openssl_sign_per_cpu_s"] = ossl[-1]
+                    r["vs_openssl_cpu"] = ratio(r["req_per_server_cpu_s"], ossl[-1])
+                    runs[c].append(r)
             foot["rss_peak_issuance_mib"] = tfe.proc.status("VmHWM") / 1024
+            res["issuance_openssl_sign_per_cpu_s"] = median(ossl)
+            res["issuance_openssl_runs"] = ossl
             res["issuance"] = {}
             for c in concurrencies:
                 s = summarize_wrk(runs[c])
@@ -556,21 +594,26 @@ def main():
                 if peer:
                     targets.append((f"jwks.{transport}.oidc-provider", peer,
                                     f"{scheme}://127.0.0.1:{peer_ports[transport]}/jwks"))
-            log(f"GETs: {len(targets)} targets x {reps} reps x {dur}s at 32 connections")
+            log(f"GETs: {len(targets)} targets x {reps} reps x {dur}s at {get_conns} connections")
             threads = min(2, cores)
             for _, _, url in targets:
                 wrk(url, 32, threads, 1)  # warm-up
-            runs = {k: [] for k, _, _ in targets}
+            runs = {(k, c): [] for k, _, _ in targets for c in get_conns}
             for _ in range(reps):
-                for k, p, url in targets:
-                    runs[k].append(measured(p, url, 32, threads, dur))
-            res["get"] = {k: summarize_wrk(v) for k, v in runs.items()}
-            for k, s in res["get"].items():
-                doc, transport, server = k.split(".", 2)
-                ref = res["get"][f"{doc}.{transport}.nginx"]
-                if server != "nginx":
-                    s["vs_nginx"] = ratio(s["rps"], ref["rps"])
-                    s["cpu_efficiency_vs_nginx"] = ratio(s["req_per_server_cpu_s"], ref["req_per_server_cpu_s"])
+                for c in get_conns:
+                    for k, p, url in targets:
+                        runs[(k, c)].append(measured(p, url, c, threads, dur))
+            res["get"] = {str(c): {} for c in get_conns}
+            for (k, c), v in runs.items():
+                res["get"][str(c)][k] = summarize_wrk(v)
+            for by_conns in res["get"].values():
+                for k, s in by_conns.items():
+                    doc, transport, server = k.split(".", 2)
+                    ref = by_conns[f"{doc}.{transport}.nginx"]
+                    if server != "nginx":
+                        s["vs_nginx"] = ratio(s["rps"], ref["rps"])
+                        s["p99_vs_nginx"] = ratio(s["p99_ms"], ref["p99_ms"])
+                        s["cpu_efficiency_vs_nginx"] = ratio(s["req_per_server_cpu_s"], ref["req_per_server_cpu_s"])
             foot["nginx_rss_tree_mib"] = ng.status("VmRSS") / 1024
             foot["oidc_provider_rss_tree_mib"] = peer.status("VmRSS") / 1024 if peer else None
         if phases & {"issue", "get"}:
@@ -597,6 +640,10 @@ def main():
                 s["server_cpu_vs_inprocess_cpu"] = ratio(s["req_per_server_cpu_s"], x["tfe_issue_1_cpu"])
             res["issuance_no_ifma"] = s
 
+        # -- 7. cost as the work grows ----------------------------------------------------------
+        if "grow" in phases:
+            res["grow"] = grow(args, work, keys, body, reps, started_proc, stop_all)
+
         res["loadavg_end"] = loadavg()
         res["elapsed_s"] = time.time() - started
         res["verdict"] = verdict(res)
@@ -617,11 +664,274 @@ def main():
         f.write("\n")
     print(table(res))
     print(f"\nJSON: {os.path.relpath(args.out, os.getcwd())}")
-    http_runs = list(res.get("issuance", {}).values()) + list(res.get("get", {}).values())
-    if "issuance_no_ifma" in res:
-        http_runs.append(res["issuance_no_ifma"])
-    bad = sum(s["non_2xx"] + s["socket_errors"] for s in http_runs)
+    bad = sum(s["non_2xx"] + s["socket_errors"] for s in all_http_runs(res))
     return 1 if bad else 0
+
+
+def all_http_runs(res):
+    runs = list(res.get("issuance", {}).values())
+    for by_conns in res.get("get", {}).values():
+        runs += list(by_conns.values())
+    if "issuance_no_ifma" in res:
+        runs.append(res["issuance_no_ifma"])
+    return runs
+
+
+def rotate(tfe):
+    """POST /v1/keys/rotate?force=true: one more key in the set (the old current one retires and
+    stays published until its verify_until, a tokens.max_ttl later)."""
+    c = http.client.HTTPConnection("127.0.0.1", tfe.api_port, timeout=30)
+    try:
+        c.request("POST", "/v1/keys/rotate?force=true", headers={"Authorization": tfe.bearer})
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"rotate: {r.status} {body[:200]!r}")
+    finally:
+        c.close()
+
+
+def raise_fd_limit(want):
+    """Raises this process's (and so its children's) descriptor limit; we may be root."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in ((max(want, hard), max(want, hard)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class RssSampler:
+    """The peak VmRSS of a process while a measurement runs (sampled every 50 ms)."""
+
+    def __init__(self, proc):
+        import threading
+        self.proc, self.peak, self.stop = proc, 0, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.status("VmRSS"))
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def grow(args, work, keys, body, reps, started_proc, stop_all):
+    """Phase grow: which resource grows with the work, and how fast. Plots go to args.plots."""
+    out, dur = {}, 2
+    get_threads = min(2, os.cpu_count())
+
+    # a. Published keys 2 -> 50: JWKS bytes, render time, GET latency and CPU per request.
+    counts = sorted(int(k) for k in args.grow_keys.split(","))
+    log(f"grow: JWKS with {counts} published keys (forced rotations; max_ttl 24h keeps the retired)")
+    store = os.path.join(work, "keys-grow")
+    shutil.copytree(keys, store, ignore=shutil.ignore_patterns(".lock"))
+    tfe = started_proc(Tfe(args.binary, work, store, name="tfe-grow-keys"))
+    tfe.start()
+    rows, docs = [], []
+    for n in counts:
+        while True:
+            status, _, jwks = http_get(tfe.discovery_port, "/.well-known/jwks")
+            have = len(json.loads(jwks)["keys"])
+            if have >= n:
+                break
+            rotate(tfe)
+        path = os.path.join(work, f"jwks-{have}.json")
+        with open(path, "wb") as f:
+            f.write(jwks)
+        docs.append(path)
+        url = tfe.discovery_url("/.well-known/jwks")
+        wrk(url, 32, get_threads, 1)
+        s = summarize_wrk([measured(tfe.proc, url, 32, get_threads, dur) for _ in range(reps)])
+        rows.append({"keys": have, "bytes": len(jwks), "rps": s["rps"], "p50_ms": s["p50_ms"],
+                     "p99_ms": s["p99_ms"], "server_cpu_us_per_req": s["server_cpu_us_per_req"],
+                     "non_2xx": s["non_2xx"] + s["socket_errors"]})
+    stop_all()
+    if args.jwks_bench:
+        rendered = [json.loads(l) for l in run([args.jwks_bench, *docs]).splitlines() if l.startswith("{")]
+        for row, r in zip(rows, rendered):
+            row["render_us"] = r["render_us"]
+    for row in rows:
+        for k in ("bytes", "p99_ms", "server_cpu_us_per_req", "render_us"):
+            if row.get(k) is not None and rows[0].get(k):
+                row[f"{k}_vs_{rows[0]['keys']}_keys"] = row[k] / rows[0][k]
+    out["keys"] = rows
+
+    # b. Start-up with the grown store (50 keys) against the 2-key store.
+    log(f"grow: start-up with {rows[-1]['keys']} keys in the store, against 2")
+    big, small = [], []
+    for i in range(reps + 2):
+        t = Tfe(args.binary, work, store, name=f"tfe-grow-start-{i}")
+        big.append(t.start() * 1000)
+        t.stop()
+        t = Tfe(args.binary, work, keys, name=f"tfe-small-start-{i}")
+        small.append(t.start() * 1000)
+        t.stop()
+    out["startup"] = {"keys": rows[-1]["keys"], "ms": median(big), "two_keys_ms": median(small),
+                      "ratio": ratio(median(big), median(small)), "runs_ms": big, "two_keys_runs_ms": small}
+
+    # c. Keep-alive connections 32 -> 10,000: RSS and p99.
+    conns = sorted(int(c) for c in args.grow_connections.split(","))
+    fds = raise_fd_limit(2 * max(conns) + 1024)
+    conns = [c for c in conns if c + 512 <= fds]
+    log(f"grow: {conns} keep-alive connections on the JWKS (descriptor limit {fds})")
+    extra = {"discovery": [f"max_connections = {max(conns) + 100}"]}
+    tfe = started_proc(Tfe(args.binary, work, keys, name="tfe-grow-conns", extra=extra))
+    tfe.start()
+    time.sleep(0.5)
+    idle = tfe.proc.status("VmRSS") / 1024
+    rows = []
+    url = tfe.discovery_url("/.well-known/jwks")
+    for c in conns:
+        runs, peaks = [], []
+        for _ in range(reps):
+            with RssSampler(tfe.proc) as rss:
+                runs.append(measured(tfe.proc, url, c, get_threads, dur + 1))
+            peaks.append(rss.peak / 1024)
+        s = summarize_wrk(runs)
+        rows.append({"connections": c, "rss_peak_mib": median(peaks), "p50_ms": s["p50_ms"],
+                     "p99_ms": s["p99_ms"], "rps": s["rps"],
+                     "server_cpu_us_per_req": s["server_cpu_us_per_req"],
+                     "non_2xx": s["non_2xx"] + s["socket_errors"]})
+    for row in rows:
+        row["rss_kib_per_connection"] = (row["rss_peak_mib"] - idle) * 1024 / row["connections"]
+        row["p99_vs_first"] = ratio(row["p99_ms"], rows[0]["p99_ms"])
+    out["connections"] = {"rss_idle_mib": idle, "rows": rows,
+                          "rss_after_mib": tfe.proc.status("VmRSS") / 1024}
+    stop_all()
+
+    # d. RSS over a long issuance run: must be flat in the count of tokens, audit lines and
+    #    label sets.
+    n = args.tokens
+    log(f"grow: RSS over {n:,} issued tokens (audit.path set)")
+    audit = os.path.join(work, "audit.jsonl")
+    tfe = started_proc(Tfe(args.binary, work, keys, name="tfe-grow-tokens",
+                           extra={"audit": [f'path = "{audit}"']}))
+    tfe.start()
+    url = f"http://127.0.0.1:{tfe.api_port}/v1/tokens"
+    post = dict(method="POST", body=body, auth=tfe.bearer)
+    wrk(url, 8, 1, 1, **post)  # warm-up: buffers, allocator arenas, the first label sets
+    samples = [(0, tfe.proc.status("VmRSS") / 1024)]
+    issued, t0 = 0, time.time()
+    chunk = 10 if n >= 200_000 else 2
+    while issued < n:
+        r = wrk(url, 8, 1, chunk, **post)
+        issued += r["ok_2xx"]
+        samples.append((issued, tfe.proc.status("VmRSS") / 1024))
+    base = samples[1][1] if len(samples) > 2 else samples[0][1]
+    out["tokens"] = {"tokens": issued, "seconds": time.time() - t0,
+                     "rss_start_mib": samples[0][1], "rss_after_first_chunk_mib": base,
+                     "rss_end_mib": samples[-1][1], "rss_end_vs_first_chunk": ratio(samples[-1][1], base),
+                     "audit_lines": sum(1 for _ in open(audit)), "samples": samples}
+    stop_all()
+
+    plot_growth(out, args.plots)
+    return out
+
+
+def tick(x):
+    """An axis label: 2, 256, 10,000, 250k, 1.0M."""
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if x >= 1e5:
+        return f"{x / 1e3:.0f}k"
+    return f"{x:,.0f}" if x == int(x) else f"{x:,.3g}"
+
+
+def svg_panels(path, title, panels, note=""):
+    """A small SVG of line charts, two a row; each panel is
+    {"title", "x", "y", "series": [(name, [(x, y)...])], "logx": bool}. Stdlib only."""
+    import html
+    import math
+    W, H, cols = 460, 300, 2
+    rows = (len(panels) + cols - 1) // cols
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * cols}" height="{H * rows + 60}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">{html.escape(title)}</text>',
+           f'<text x="10" y="38" fill="#555">{html.escape(note)}</text>']
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
+    for i, p in enumerate(panels):
+        ox, oy = (i % cols) * W, 50 + (i // cols) * H
+        l, r, t, b = ox + 60, ox + W - 20, oy + 30, oy + H - 45
+        pts = [pt for _, ser in p["series"] for pt in ser if pt[1] is not None]
+        if not pts:
+            continue
+        fx = (lambda x: math.log10(x)) if p.get("logx") else (lambda x: x)
+        xs, ys = [fx(x) for x, _ in pts], [y for _, y in pts]
+        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        y0, y1 = 0, max(ys) * 1.1 if max(ys) > 0 else 1
+        X = lambda x: l + (fx(x) - x0) / (x1 - x0) * (r - l)
+        Y = lambda y: b - (y - y0) / (y1 - y0) * (b - t)
+        out.append(f'<text x="{ox + 10}" y="{oy + 18}" font-weight="bold">{html.escape(p["title"])}</text>')
+        out.append(f'<line x1="{l}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>'
+                   f'<line x1="{l}" y1="{t}" x2="{l}" y2="{b}" stroke="black"/>')
+        for k in range(5):
+            yv = y0 + (y1 - y0) * k / 4
+            out.append(f'<line x1="{l}" y1="{Y(yv):.1f}" x2="{r}" y2="{Y(yv):.1f}" stroke="#eee"/>'
+                       f'<text x="{l - 4}" y="{Y(yv) + 4:.1f}" text-anchor="end">{yv:,.3g}</text>')
+        ticks = sorted({x for x, _ in pts})
+        if len(ticks) > 8:  # many samples (the token run): five evenly spaced ticks
+            ticks = [ticks[0] + (ticks[-1] - ticks[0]) * k / 4 for k in range(5)]
+        for xv in ticks:
+            out.append(f'<text x="{X(xv):.1f}" y="{b + 14}" text-anchor="middle">{tick(xv)}</text>')
+        out.append(f'<text x="{(l + r) / 2}" y="{b + 30}" text-anchor="middle">{html.escape(p["x"])}</text>')
+        out.append(f'<text x="{ox + 14}" y="{(t + b) / 2}" transform="rotate(-90 {ox + 14} {(t + b) / 2})" '
+                   f'text-anchor="middle">{html.escape(p["y"])}</text>')
+        for j, (name, ser) in enumerate(p["series"]):
+            ser = [(x, y) for x, y in ser if y is not None]
+            c = colours[j % len(colours)]
+            d = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in ser)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
+            out += [f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="3" fill="{c}"/>' for x, y in ser]
+            if len(p["series"]) > 1:
+                out.append(f'<text x="{r - 4}" y="{t + 12 + 13 * j}" text-anchor="end" fill="{c}">'
+                           f'{html.escape(name)}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def plot_growth(g, where):
+    os.makedirs(where, exist_ok=True)
+    k = g["keys"]
+    svg_panels(os.path.join(where, "growth-keys.svg"), "tfe-oidc: JWKS as the published keys grow",
+               [{"title": "JWKS size", "x": "published keys", "y": "bytes",
+                 "series": [("bytes", [(r["keys"], r["bytes"]) for r in k])]},
+                {"title": "render time (once per key set)", "x": "published keys", "y": "µs",
+                 "series": [("render", [(r["keys"], r.get("render_us")) for r in k])]},
+                {"title": "GET latency, 32 connections", "x": "published keys", "y": "ms",
+                 "series": [("p99", [(r["keys"], r["p99_ms"]) for r in k]),
+                            ("p50", [(r["keys"], r["p50_ms"]) for r in k])]},
+                {"title": "server CPU per GET", "x": "published keys", "y": "µs",
+                 "series": [("CPU", [(r["keys"], r["server_cpu_us_per_req"]) for r in k])]}],
+               note=f"start-up with {g['startup']['keys']} keys: {g['startup']['ms']:.1f} ms "
+                    f"(2 keys: {g['startup']['two_keys_ms']:.1f} ms)")
+    c = g["connections"]["rows"]
+    svg_panels(os.path.join(where, "growth-connections.svg"),
+               "tfe-oidc: keep-alive connections on the JWKS (wrk, same machine)",
+               [{"title": "resident memory (peak during the run)", "x": "connections", "y": "MiB",
+                 "logx": True, "series": [("RSS", [(r["connections"], r["rss_peak_mib"]) for r in c])]},
+                {"title": "latency", "x": "connections", "y": "ms", "logx": True,
+                 "series": [("p99", [(r["connections"], r["p99_ms"]) for r in c]),
+                            ("p50", [(r["connections"], r["p50_ms"]) for r in c])]}],
+               note=f"idle RSS {g['connections']['rss_idle_mib']:.1f} MiB")
+    t = g["tokens"]
+    svg_panels(os.path.join(where, "growth-tokens.svg"),
+               f"tfe-oidc: resident memory over {t['tokens']:,} issued tokens (audit.path set)",
+               [{"title": "RSS", "x": "tokens issued", "y": "MiB",
+                 "series": [("RSS", t["samples"])]}],
+               note=f"{t['rss_after_first_chunk_mib']:.1f} MiB after the first chunk, "
+                    f"{t['rss_end_mib']:.1f} MiB at the end; {t['audit_lines']:,} audit lines")
 
 
 def fetch_docs(tfe):
@@ -658,19 +968,28 @@ def verdict(res):
     if "issuance" in res and "signing" in res:
         best = max(res["issuance"].values(), key=lambda s: s["rps"] or 0)
         v["issuance_vs_openssl"] = (best["vs_openssl_multi"], f">= {t['issuance_vs_openssl']}")
-    g = res.get("get", {})
-    for transport in ("plain", "tls"):
-        k = f"jwks.{transport}.tfe-oidc"
-        if k in g:
-            v[f"jwks_{transport}_vs_nginx"] = (g[k]["vs_nginx"], f">= {t['jwks_vs_nginx']}")
-            v[f"jwks_{transport}_p99_ms"] = (g[k]["p99_ms"], f"< {t['jwks_p99_ms']}")
+    if "issuance" in res:
+        best = max(res["issuance"].values(), key=lambda s: s["vs_openssl_cpu"] or 0)
+        v["token_cpu_vs_openssl_1core"] = (best["vs_openssl_cpu"], f">= {t['token_cpu_vs_openssl_1core']}")
+    for conns, g in res.get("get", {}).items():
+        for doc in ("jwks", "configuration"):
+            for transport in ("plain", "tls"):
+                k = f"{doc}.{transport}.tfe-oidc"
+                if k not in g:
+                    continue
+                if doc == "jwks" and conns == "32":
+                    v[f"jwks_{transport}_vs_nginx"] = (g[k]["vs_nginx"], f">= {t['jwks_vs_nginx']}")
+                v[f"{doc}_{transport}_{conns}c_p99_vs_nginx"] = (
+                    g[k]["p99_vs_nginx"], f"<= {t['p99_vs_nginx']}")
     if "footprint" in res:
         v["idle_rss_mib"] = (res["footprint"]["rss_idle_mib"], f"<= {t['idle_rss_mib']}")
     if "ready" in res:
         v["ready_existing_ms"] = (res["ready"]["existing_store_ms"], f"< {t['ready_existing_ms']}")
-    http_runs = list(res.get("issuance", {}).values()) + list(g.values())
-    if "issuance_no_ifma" in res:
-        http_runs.append(res["issuance_no_ifma"])
+    if "grow" in res:
+        t = res["grow"]["tokens"]
+        v["rss_growth_over_tokens_mib"] = (t["rss_end_mib"] - t["rss_after_first_chunk_mib"],
+                                           f"<= {TARGETS['rss_growth_mib']}")
+    http_runs = all_http_runs(res)
     if http_runs:
         v["zero_non_2xx"] = (sum(s["non_2xx"] + s["socket_errors"] for s in http_runs), "== 0")
     out = {}
@@ -721,7 +1040,7 @@ def table(res):
     if "issuance" in res:
         L += ["", "2. Issuance over HTTP: POST /v1/tokens, wrk -t1 on the same machine",
               f"  {'conns':>5} {'tokens/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'÷openssl':>9} {'÷in-proc':>9} "
-              f"{'tok/srv-CPU-s':>13} {'÷in-proc CPU':>12} {'srv µs/tok':>10} {'wrk µs/tok':>10} {'non-2xx':>8}"]
+              f"{'tok/srv-CPU-s':>13} {'÷in-proc CPU':>12} {'÷openssl 1c':>11} {'srv µs/tok':>10} {'user':>6} {'sys':>5} {'wrk µs/tok':>10} {'non-2xx':>8}"]
         rows = [(str(c), s) for c, s in res["issuance"].items()]
         if "issuance_no_ifma" in res:
             rows.append((f"{res['issuance_no_ifma']['concurrency']}*", res["issuance_no_ifma"]))
@@ -729,18 +1048,25 @@ def table(res):
             L.append(f"  {c:>5} {fmt(s['rps']):>9} {fmt(s['p50_ms'], 2):>8} {fmt(s['p99_ms'], 2):>8} "
                      f"{fmt(s.get('vs_openssl_multi'), 2):>9} {fmt(s.get('vs_inprocess_issue_n'), 2):>9} "
                      f"{fmt(s['req_per_server_cpu_s']):>13} {fmt(s.get('server_cpu_vs_inprocess_cpu'), 2):>12} "
-                     f"{fmt(s['server_cpu_us_per_req']):>10} {fmt(s['client_cpu_us_per_req']):>10} "
+                     f"{fmt(s.get('vs_openssl_cpu'), 2):>11} "
+                     f"{fmt(s['server_cpu_us_per_req']):>10} {fmt(s.get('server_user_us_per_req')):>6} "
+                     f"{fmt(s.get('server_sys_us_per_req')):>5} {fmt(s['client_cpu_us_per_req']):>10} "
                      f"{s['non_2xx'] + s['socket_errors']:>8}")
         if "issuance_no_ifma" in res:
             L.append("  * AVX-512 IFMA masked in tfe-oidc; ratios against the masked openssl and in-process figures")
-    if "get" in res:
-        L += ["", f"3/4. GET at 32 connections, wrk -t{st['wrk_threads_get']} on the same machine",
+        if res.get("issuance_openssl_sign_per_cpu_s"):
+            L.append(f"  ÷openssl 1c: tokens per server CPU-second (user + system, /proc) ÷ `openssl speed rsa2048` "
+                     f"signs per CPU-second, measured before each repetition (median "
+                     f"{res['issuance_openssl_sign_per_cpu_s']:,.0f}/s = "
+                     f"{1e6 / res['issuance_openssl_sign_per_cpu_s']:.0f} µs a signature); median of the per-repetition ratios")
+    for conns, by_conns in res.get("get", {}).items():
+        L += ["", f"3/4. GET at {conns} connections, wrk -t{st['wrk_threads_get']} on the same machine",
               f"  {'document':<14} {'transport':<9} {'server':<14} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'÷nginx':>7} {'req/srv-CPU-s':>13} {'÷nginx':>7} {'non-2xx':>8}"]
-        for k, s in res["get"].items():
+              f"{'p99÷nginx':>9} {'÷nginx':>7} {'req/srv-CPU-s':>13} {'÷nginx':>7} {'non-2xx':>8}"]
+        for k, s in by_conns.items():
             doc, transport, server = k.split(".", 2)
             L.append(f"  {doc:<14} {transport:<9} {server:<14} {fmt(s['rps']):>9} {fmt(s['p50_ms'], 2):>7} "
-                     f"{fmt(s['p99_ms'], 2):>7} {fmt(s.get('vs_nginx'), 2):>7} "
+                     f"{fmt(s['p99_ms'], 2):>7} {fmt(s.get('p99_vs_nginx'), 2):>9} {fmt(s.get('vs_nginx'), 2):>7} "
                      f"{fmt(s['req_per_server_cpu_s']):>13} {fmt(s.get('cpu_efficiency_vs_nginx'), 2):>7} "
                      f"{s['non_2xx'] + s['socket_errors']:>8}")
     f = res.get("footprint", {})
@@ -755,6 +1081,31 @@ def table(res):
         r = res["ready"]
         L.append(f"  start → /readyz 200: existing key store {fmt(r['existing_store_ms'], 1)} ms, "
                  f"empty key store {fmt(r['empty_store_ms'], 1)} ms (generates current + next keys)")
+    g = res.get("grow")
+    if g:
+        L += ["", "7. Cost as the work grows (plots: bench/growth-*.svg)",
+              f"  {'keys':>5} {'JWKS bytes':>10} {'÷2 keys':>7} {'render µs':>9} {'÷2 keys':>7} "
+              f"{'GET p50 ms':>10} {'p99 ms':>7} {'÷2 keys':>7} {'srv µs/req':>10} {'÷2 keys':>7}"]
+        for r in g["keys"]:
+            L.append(f"  {r['keys']:>5} {fmt(r['bytes']):>10} {fmt(r.get('bytes_vs_2_keys'), 2):>7} "
+                     f"{fmt(r.get('render_us'), 1):>9} {fmt(r.get('render_us_vs_2_keys'), 2):>7} "
+                     f"{fmt(r['p50_ms'], 2):>10} {fmt(r['p99_ms'], 2):>7} {fmt(r.get('p99_ms_vs_2_keys'), 2):>7} "
+                     f"{fmt(r['server_cpu_us_per_req'], 1):>10} {fmt(r.get('server_cpu_us_per_req_vs_2_keys'), 2):>7}")
+        st_ = g["startup"]
+        L.append(f"  start → /readyz 200 with {st_['keys']} keys in the store: {st_['ms']:.1f} ms; with 2: "
+                 f"{st_['two_keys_ms']:.1f} ms ({fmt(st_['ratio'], 2)}×)")
+        c = g["connections"]
+        L += [f"  {'conns':>6} {'RSS peak MiB':>12} {'KiB/conn':>8} {'p50 ms':>7} {'p99 ms':>7} {'÷first':>6} "
+              f"{'req/s':>9} {'srv µs/req':>10} {'errors':>6}   (idle RSS {c['rss_idle_mib']:.1f} MiB, "
+              f"after {c['rss_after_mib']:.1f} MiB)"]
+        for r in c["rows"]:
+            L.append(f"  {r['connections']:>6} {fmt(r['rss_peak_mib'], 1):>12} {fmt(r['rss_kib_per_connection'], 1):>8} "
+                     f"{fmt(r['p50_ms'], 2):>7} {fmt(r['p99_ms'], 2):>7} {fmt(r['p99_vs_first'], 2):>6} "
+                     f"{fmt(r['rps']):>9} {fmt(r['server_cpu_us_per_req'], 1):>10} {r['non_2xx']:>6}")
+        t = g["tokens"]
+        L.append(f"  RSS over {t['tokens']:,} tokens in {t['seconds']:.0f} s (audit.path set, {t['audit_lines']:,} lines): "
+                 f"{t['rss_start_mib']:.1f} MiB before, {t['rss_after_first_chunk_mib']:.1f} after the first chunk, "
+                 f"{t['rss_end_mib']:.1f} at the end ({fmt(t['rss_end_vs_first_chunk'], 3)}×)")
     L += ["", "Targets"]
     for k, v in res["verdict"].items():
         val = v["value"]
