@@ -1,0 +1,293 @@
+//! What the Vault transit key store costs: `POST /v1/tokens` on a server with the transit store
+//! against the same request on a server with the file store, and against OpenBao's own signing
+//! rate (`POST <vault>/v1/transit/sign/<key>/sha2-256` with an explicit `key_version`, what the
+//! store sends), made directly by a keep-alive client, all in the same run.
+//!
+//! One real OpenBao dev server with transit mounted; the transit server logs in with the token of
+//! `deploy/vault/transit-policy.hcl`. Repetitions interleave the three, at 1 and 8 concurrent
+//! clients; the report gives p50/p99 latency, operations per second, and the ratios transit/file
+//! and transit/Vault-direct.
+//!
+//! `cargo bench --bench transit -- [--seconds S] [--reps N] [--json] [--json-out FILE]`. Run by
+//! `cargo test --all-targets` (no `--bench` argument) it makes three operations of each kind and
+//! measures nothing.
+
+#[path = "../tests/it/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use common::bao::{Bao, deploy_vault};
+use common::{Options, TestServer, run_body};
+
+const KINDS: [Kind; 3] = [Kind::File, Kind::Transit, Kind::VaultDirect];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    File,
+    Transit,
+    VaultDirect,
+}
+
+struct Setup {
+    bao: Bao,
+    file: TestServer,
+    transit: TestServer,
+    client: reqwest::Client,
+    /// The version the transit server signs with now.
+    version: u64,
+}
+
+struct Args {
+    seconds: f64,
+    reps: usize,
+    json: bool,
+    /// Also write the JSON report to this file.
+    json_out: Option<String>,
+    measure: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 3.0,
+        reps: 3,
+        json: false,
+        json_out: None,
+        measure: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.seconds),
+            "--reps" => a.reps = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.reps),
+            "--json" => a.json = true,
+            "--json-out" => a.json_out = it.next(),
+            "--bench" => a.measure = true,
+            _ => {}
+        }
+    }
+    a.measure |= a.json;
+    a
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args = args();
+    let Some(setup) = setup().await else { return };
+    let setup = Arc::new(setup);
+    if !args.measure {
+        for kind in KINDS {
+            for _ in 0..3 {
+                once(&setup, kind).await;
+            }
+        }
+        println!(
+            "transit bench: 3 operations of each kind done; `cargo bench --bench transit` measures"
+        );
+        return;
+    }
+    let mut rows = Vec::new();
+    for clients in [1usize, 8] {
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        let mut elapsed = [Duration::ZERO; 3];
+        for _ in 0..args.reps {
+            for (i, kind) in KINDS.into_iter().enumerate() {
+                let (latencies, took) =
+                    run(&setup, kind, clients, args.seconds / args.reps as f64).await;
+                samples[i].extend(latencies);
+                elapsed[i] += took;
+            }
+        }
+        rows.push(row(clients, &samples, &elapsed));
+    }
+    report(&rows, args.json, args.json_out.as_deref());
+}
+
+async fn setup() -> Option<Setup> {
+    let bao = Bao::start().await?;
+    bao.root_write("sys/mounts/transit", json!({ "type": "transit" }))
+        .await;
+    let policy = std::fs::read_to_string(deploy_vault().join("transit-policy.hcl")).unwrap();
+    bao.root_write("sys/policy/tfe-oidc-keys", json!({ "policy": policy }))
+        .await;
+    let answer = bao
+        .root_write(
+            "auth/token/create",
+            json!({ "policies": ["tfe-oidc-keys"], "no_default_policy": true, "no_parent": true, "ttl": "1h" }),
+        )
+        .await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token = token_dir.path().join("vault-token");
+    std::fs::write(&token, answer["auth"]["client_token"].as_str().unwrap()).unwrap();
+    let file = TestServer::start(Options::default()).await;
+    let transit = TestServer::start(Options {
+        keys_toml: format!(
+            "store = \"vault-transit\"\n[keys.vault]\naddr = {:?}\ntoken_file = {token:?}\n",
+            bao.addr
+        ),
+        ..Options::default()
+    })
+    .await;
+    let (_, key) = bao
+        .call(
+            reqwest::Method::GET,
+            "transit/keys/tfe-oidc",
+            Some("root"),
+            None,
+        )
+        .await;
+    let version = key["data"]["min_encryption_version"].as_u64().unwrap();
+    // The token file is read once more later; keep its directory for the whole run.
+    std::mem::forget(token_dir);
+    Some(Setup {
+        bao,
+        file,
+        transit,
+        client: reqwest::Client::new(),
+        version,
+    })
+}
+
+/// `clients` concurrent loops of `kind` for `seconds`: every latency, and the wall time.
+async fn run(
+    setup: &Arc<Setup>,
+    kind: Kind,
+    clients: usize,
+    seconds: f64,
+) -> (Vec<Duration>, Duration) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let setup = Arc::clone(setup);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                once(&setup, kind).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    (all, started.elapsed())
+}
+
+/// One operation; panics unless it answers 200 with a signature.
+async fn once(s: &Setup, kind: Kind) {
+    match kind {
+        Kind::File => token(s, &s.file).await,
+        Kind::Transit => token(s, &s.transit).await,
+        Kind::VaultDirect => {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &rand_bytes());
+            let body = json!({
+                "input": base64::engine::general_purpose::STANDARD.encode(digest.as_ref()),
+                "prehashed": true,
+                "key_version": s.version,
+                "signature_algorithm": "pkcs1v15",
+            });
+            let url = format!("{}/v1/transit/sign/tfe-oidc/sha2-256", s.bao.addr);
+            let answer = post(
+                s.client
+                    .post(url)
+                    .header("X-Vault-Token", "root")
+                    .json(&body),
+            )
+            .await;
+            assert!(answer["data"]["signature"].as_str().is_some());
+        }
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    bytes
+}
+
+async fn token(s: &Setup, server: &TestServer) {
+    let url = server.api_url("/v1/tokens");
+    let answer = post(
+        s.client
+            .post(url)
+            .bearer_auth(&server.tokens.all)
+            .json(&run_body("acme", "prod", "apply")),
+    )
+    .await;
+    assert!(answer["token"].as_str().is_some());
+}
+
+async fn post(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+struct Row {
+    clients: usize,
+    /// file, transit, vault direct: (p50 ms, p99 ms, ops/s)
+    figures: [(f64, f64, f64); 3],
+}
+
+fn row(clients: usize, samples: &[Vec<Duration>; 3], elapsed: &[Duration; 3]) -> Row {
+    let figure = |i: usize| {
+        let mut v = samples[i].clone();
+        v.sort();
+        let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+        (at(0.5), at(0.99), v.len() as f64 / elapsed[i].as_secs_f64())
+    };
+    Row {
+        clients,
+        figures: [figure(0), figure(1), figure(2)],
+    }
+}
+
+fn report(rows: &[Row], json: bool, json_out: Option<&str>) {
+    if json || json_out.is_some() {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let [(fp50, fp99, fops), (tp50, tp99, tops), (vp50, vp99, vops)] = r.figures;
+                json!({"clients": r.clients,
+                       "file": {"p50_ms": fp50, "p99_ms": fp99, "ops_per_s": fops},
+                       "transit": {"p50_ms": tp50, "p99_ms": tp99, "ops_per_s": tops},
+                       "vault_sign": {"p50_ms": vp50, "p99_ms": vp99, "ops_per_s": vops},
+                       "transit_vs_file_throughput": tops / fops,
+                       "transit_vs_vault_sign_throughput": tops / vops,
+                       "transit_vs_vault_sign_p50": tp50 / vp50})
+            })
+            .collect();
+        let document = json!({"transit_bench": out});
+        if let Some(path) = json_out {
+            std::fs::write(path, format!("{document:#}\n")).unwrap();
+        }
+        if json {
+            println!("{document}");
+            return;
+        }
+    }
+    println!(
+        "| clients | file store p50 / p99 ms, tokens/s | transit store p50 / p99 ms, tokens/s | vault transit/sign p50 / p99 ms, signs/s | transit ÷ file tokens/s | transit ÷ vault signs/s | transit ÷ vault p50 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let [(fp50, fp99, fops), (tp50, tp99, tops), (vp50, vp99, vops)] = r.figures;
+        println!(
+            "| {} | {fp50:.2} / {fp99:.2}, {fops:.0} | {tp50:.2} / {tp99:.2}, {tops:.0} | {vp50:.2} / {vp99:.2}, {vops:.0} | {:.2} | {:.2} | {:.2} |",
+            r.clients,
+            tops / fops,
+            tops / vops,
+            tp50 / vp50
+        );
+    }
+}
