@@ -14,9 +14,9 @@
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
+mod load;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -36,37 +36,9 @@ struct Setup {
     vault: reqwest::Client,
 }
 
-struct Args {
-    seconds: f64,
-    reps: usize,
-    json: bool,
-    measure: bool,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        seconds: 3.0,
-        reps: 3,
-        json: false,
-        measure: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.seconds),
-            "--reps" => a.reps = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.reps),
-            "--json" => a.json = true,
-            "--bench" => a.measure = true,
-            _ => {}
-        }
-    }
-    a.measure |= a.json;
-    a
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args = args();
+    let args = load::args();
     let Some(setup) = setup().await else { return };
     let setup = Arc::new(setup);
     if !args.measure {
@@ -82,17 +54,16 @@ async fn main() {
     }
     let mut rows = Vec::new();
     for clients in [1usize, 4] {
-        let mut samples = [Vec::new(), Vec::new()];
-        let mut elapsed = [Duration::ZERO; 2];
-        for _ in 0..args.reps {
-            for (i, kind) in [Kind::Exchange, Kind::Direct].into_iter().enumerate() {
-                let (latencies, took) =
-                    run(&setup, kind, clients, args.seconds / args.reps as f64).await;
-                samples[i].extend(latencies);
-                elapsed[i] += took;
-            }
-        }
-        rows.push(row(clients, &samples, &elapsed));
+        let setup = Arc::clone(&setup);
+        let op = move |kind| {
+            let setup = Arc::clone(&setup);
+            async move { once(&setup, kind).await }
+        };
+        let figures = load::interleaved(&[Kind::Exchange, Kind::Direct], clients, &args, op).await;
+        rows.push(Row {
+            clients,
+            figures: figures.try_into().unwrap(),
+        });
     }
     report(&rows, args.json);
 }
@@ -137,35 +108,6 @@ async fn setup() -> Option<Setup> {
     })
 }
 
-/// `clients` concurrent loops of `kind` for `seconds`: every latency, and the wall time.
-async fn run(
-    setup: &Arc<Setup>,
-    kind: Kind,
-    clients: usize,
-    seconds: f64,
-) -> (Vec<Duration>, Duration) {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let setup = Arc::clone(setup);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                once(&setup, kind).await;
-                latencies.push(t.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    (all, started.elapsed())
-}
-
 /// One operation; panics unless every call answers 200.
 async fn once(setup: &Setup, kind: Kind) {
     match kind {
@@ -182,7 +124,7 @@ async fn exchange(s: &Setup) {
     });
     let body = json!({"run": run_body("acme", "prod", "apply"), "variables": variables});
     let url = s.server.api_url("/v1/credentials");
-    let answer = post(
+    let answer = load::post(
         s.api
             .post(url)
             .bearer_auth(&s.server.tokens.all)
@@ -194,7 +136,7 @@ async fn exchange(s: &Setup) {
 
 async fn direct(s: &Setup) {
     let url = s.server.api_url("/v1/tokens");
-    let minted = post(
+    let minted = load::post(
         s.api
             .post(url)
             .bearer_auth(&s.server.tokens.all)
@@ -203,38 +145,17 @@ async fn direct(s: &Setup) {
     .await;
     let login = json!({"role": "tfe-acme-prod", "jwt": minted["token"]});
     let url = format!("{}/v1/auth/jwt/login", s.bao.addr);
-    let auth = post(s.vault.post(url).json(&login)).await;
+    let auth = load::post(s.vault.post(url).json(&login)).await;
     let token = auth["auth"]["client_token"].as_str().unwrap().to_owned();
     let url = format!("{}/v1/aws/creds/deploy", s.bao.addr);
-    let read = post(s.vault.get(url).header("X-Vault-Token", token)).await;
+    let read = load::post(s.vault.get(url).header("X-Vault-Token", token)).await;
     assert_eq!(read["data"]["access_key"], "AKIABENCH");
-}
-
-async fn post(request: reqwest::RequestBuilder) -> Value {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{status}: {body}");
-    body
 }
 
 struct Row {
     clients: usize,
     /// exchange, direct: (p50 ms, p99 ms, ops/s)
     figures: [(f64, f64, f64); 2],
-}
-
-fn row(clients: usize, samples: &[Vec<Duration>; 2], elapsed: &[Duration; 2]) -> Row {
-    let figure = |i: usize| {
-        let mut v = samples[i].clone();
-        v.sort();
-        let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-        (at(0.5), at(0.99), v.len() as f64 / elapsed[i].as_secs_f64())
-    };
-    Row {
-        clients,
-        figures: [figure(0), figure(1)],
-    }
 }
 
 fn report(rows: &[Row], json: bool) {

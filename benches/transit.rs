@@ -14,14 +14,14 @@
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
+mod load;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
 
-use common::bao::{Bao, deploy_vault};
+use common::bao::Bao;
 use common::{Options, TestServer, run_body};
 
 const KINDS: [Kind; 3] = [Kind::File, Kind::Transit, Kind::VaultDirect];
@@ -40,43 +40,13 @@ struct Setup {
     client: reqwest::Client,
     /// The version the transit server signs with now.
     version: u64,
-}
-
-struct Args {
-    seconds: f64,
-    reps: usize,
-    json: bool,
-    /// Also write the JSON report to this file.
-    json_out: Option<String>,
-    measure: bool,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        seconds: 3.0,
-        reps: 3,
-        json: false,
-        json_out: None,
-        measure: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--seconds" => a.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.seconds),
-            "--reps" => a.reps = it.next().and_then(|s| s.parse().ok()).unwrap_or(a.reps),
-            "--json" => a.json = true,
-            "--json-out" => a.json_out = it.next(),
-            "--bench" => a.measure = true,
-            _ => {}
-        }
-    }
-    a.measure |= a.json;
-    a
+    /// Holds the transit server's token file.
+    _token_dir: tempfile::TempDir,
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args = args();
+    let args = load::args();
     let Some(setup) = setup().await else { return };
     let setup = Arc::new(setup);
     if !args.measure {
@@ -92,37 +62,23 @@ async fn main() {
     }
     let mut rows = Vec::new();
     for clients in [1usize, 8] {
-        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
-        let mut elapsed = [Duration::ZERO; 3];
-        for _ in 0..args.reps {
-            for (i, kind) in KINDS.into_iter().enumerate() {
-                let (latencies, took) =
-                    run(&setup, kind, clients, args.seconds / args.reps as f64).await;
-                samples[i].extend(latencies);
-                elapsed[i] += took;
-            }
-        }
-        rows.push(row(clients, &samples, &elapsed));
+        let setup = Arc::clone(&setup);
+        let op = move |kind| {
+            let setup = Arc::clone(&setup);
+            async move { once(&setup, kind).await }
+        };
+        let figures = load::interleaved(&KINDS, clients, &args, op).await;
+        rows.push(Row {
+            clients,
+            figures: figures.try_into().unwrap(),
+        });
     }
     report(&rows, args.json, args.json_out.as_deref());
 }
 
 async fn setup() -> Option<Setup> {
-    let bao = Bao::start().await?;
-    bao.root_write("sys/mounts/transit", json!({ "type": "transit" }))
-        .await;
-    let policy = std::fs::read_to_string(deploy_vault().join("transit-policy.hcl")).unwrap();
-    bao.root_write("sys/policy/tfe-oidc-keys", json!({ "policy": policy }))
-        .await;
-    let answer = bao
-        .root_write(
-            "auth/token/create",
-            json!({ "policies": ["tfe-oidc-keys"], "no_default_policy": true, "no_parent": true, "ttl": "1h" }),
-        )
-        .await;
     let token_dir = tempfile::tempdir().unwrap();
-    let token = token_dir.path().join("vault-token");
-    std::fs::write(&token, answer["auth"]["client_token"].as_str().unwrap()).unwrap();
+    let (bao, token) = Bao::start_with_transit(token_dir.path()).await?;
     let file = TestServer::start(Options::default()).await;
     let transit = TestServer::start(Options {
         keys_toml: format!(
@@ -141,44 +97,14 @@ async fn setup() -> Option<Setup> {
         )
         .await;
     let version = key["data"]["min_encryption_version"].as_u64().unwrap();
-    // The token file is read once more later; keep its directory for the whole run.
-    std::mem::forget(token_dir);
     Some(Setup {
         bao,
         file,
         transit,
         client: reqwest::Client::new(),
         version,
+        _token_dir: token_dir,
     })
-}
-
-/// `clients` concurrent loops of `kind` for `seconds`: every latency, and the wall time.
-async fn run(
-    setup: &Arc<Setup>,
-    kind: Kind,
-    clients: usize,
-    seconds: f64,
-) -> (Vec<Duration>, Duration) {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let setup = Arc::clone(setup);
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                once(&setup, kind).await;
-                latencies.push(t.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    (all, started.elapsed())
 }
 
 /// One operation; panics unless it answers 200 with a signature.
@@ -195,7 +121,7 @@ async fn once(s: &Setup, kind: Kind) {
                 "signature_algorithm": "pkcs1v15",
             });
             let url = format!("{}/v1/transit/sign/tfe-oidc/sha2-256", s.bao.addr);
-            let answer = post(
+            let answer = load::post(
                 s.client
                     .post(url)
                     .header("X-Vault-Token", "root")
@@ -215,7 +141,7 @@ fn rand_bytes() -> [u8; 32] {
 
 async fn token(s: &Setup, server: &TestServer) {
     let url = server.api_url("/v1/tokens");
-    let answer = post(
+    let answer = load::post(
         s.client
             .post(url)
             .bearer_auth(&server.tokens.all)
@@ -225,31 +151,10 @@ async fn token(s: &Setup, server: &TestServer) {
     assert!(answer["token"].as_str().is_some());
 }
 
-async fn post(request: reqwest::RequestBuilder) -> Value {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
 struct Row {
     clients: usize,
     /// file, transit, vault direct: (p50 ms, p99 ms, ops/s)
     figures: [(f64, f64, f64); 3],
-}
-
-fn row(clients: usize, samples: &[Vec<Duration>; 3], elapsed: &[Duration; 3]) -> Row {
-    let figure = |i: usize| {
-        let mut v = samples[i].clone();
-        v.sort();
-        let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-        (at(0.5), at(0.99), v.len() as f64 / elapsed[i].as_secs_f64())
-    };
-    Row {
-        clients,
-        figures: [figure(0), figure(1), figure(2)],
-    }
 }
 
 fn report(rows: &[Row], json: bool, json_out: Option<&str>) {

@@ -11,7 +11,7 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::bao::{Bao, VAULT_AUDIENCE, deploy_vault};
+use common::bao::{Bao, VAULT_AUDIENCE};
 use common::process::{Server, Setup, ports};
 use common::{run_body, write_tokens_file};
 use tfe_oidc::config::Config;
@@ -30,26 +30,6 @@ use tfe_oidc::keys::{Clock, FakeClock, KeyState};
 
 const ROLE: &str = "tfe";
 const PERIOD_SECS: u64 = 4;
-
-/// An OpenBao with transit mounted and a token holding only `transit-policy.hcl`, written to
-/// `<dir>/vault-token`.
-async fn vault(dir: &Path) -> Option<(Bao, PathBuf)> {
-    let bao = Bao::start().await?;
-    bao.root_write("sys/mounts/transit", json!({ "type": "transit" }))
-        .await;
-    let policy = std::fs::read_to_string(deploy_vault().join("transit-policy.hcl")).unwrap();
-    bao.root_write("sys/policy/tfe-oidc-keys", json!({ "policy": policy }))
-        .await;
-    let answer = bao
-        .root_write(
-            "auth/token/create",
-            json!({ "policies": ["tfe-oidc-keys"], "no_default_policy": true, "no_parent": true, "ttl": "1h" }),
-        )
-        .await;
-    let path = dir.join("vault-token");
-    std::fs::write(&path, answer["auth"]["client_token"].as_str().unwrap()).unwrap();
-    Some((bao, path))
-}
 
 fn store_toml(bao: &Bao, token: &Path) -> String {
     format!(
@@ -82,6 +62,28 @@ fn versions(key: &Value) -> Vec<u64> {
     v
 }
 
+/// A key manager on the transit store of `config`, on `clock` (its calls block: started off the
+/// async threads).
+async fn manager_on(config: &Config, clock: &Arc<FakeClock>, policy: Policy) -> KeyManager {
+    let (config, clock) = (config.clone(), Arc::clone(clock));
+    tokio::task::spawn_blocking(move || {
+        let tfe_oidc::config::StoreKind::VaultTransit(transit) = &config.keys.store else {
+            panic!("the configuration has no transit store")
+        };
+        let store = TransitStore::open(
+            transit,
+            config.keys.rsa_bits,
+            config.issuer.as_str(),
+            tokio::runtime::Handle::current(),
+        )
+        .unwrap()
+        .with_clock(clock.clone());
+        KeyManager::start(Box::new(store), clock, policy).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// Whether the RS256 JWS `token` verifies with `jwk`.
 fn verifies(token: &str, jwk: &tfe_oidc::keys::PublicJwk) -> bool {
     use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
@@ -104,7 +106,7 @@ fn verifies(token: &str, jwk: &tfe_oidc::keys::PublicJwk) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((bao, token)) = vault(dir.path()).await else {
+    let Some((bao, token)) = Bao::start_with_transit(dir.path()).await else {
         return;
     };
     let text = format!(
@@ -118,23 +120,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
         Duration::from_secs(3600),
         Duration::from_secs(1),
     );
-    let (c, k) = (config.clone(), clock.clone());
-    let manager = tokio::task::spawn_blocking(move || {
-        let tfe_oidc::config::StoreKind::VaultTransit(transit) = &c.keys.store else {
-            unreachable!()
-        };
-        let store = TransitStore::open(
-            transit,
-            c.keys.rsa_bits,
-            c.issuer.as_str(),
-            tokio::runtime::Handle::current(),
-        )
-        .unwrap()
-        .with_clock(k.clone());
-        KeyManager::start(Box::new(store), k, policy).unwrap()
-    })
-    .await
-    .unwrap();
+    let manager = manager_on(&config, &clock, policy).await;
     let manager = Arc::new(manager);
     let first = manager.snapshot();
     assert_eq!(first.set.keys.len(), 2, "a current and a next key");
@@ -228,23 +214,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     );
 
     // A second manager on the same key (a restart, or another replica) sees the same set.
-    let (c, k) = (config.clone(), clock.clone());
-    let again = tokio::task::spawn_blocking(move || {
-        let tfe_oidc::config::StoreKind::VaultTransit(transit) = &c.keys.store else {
-            unreachable!()
-        };
-        let store = TransitStore::open(
-            transit,
-            c.keys.rsa_bits,
-            c.issuer.as_str(),
-            tokio::runtime::Handle::current(),
-        )
-        .unwrap()
-        .with_clock(k.clone());
-        KeyManager::start(Box::new(store), k, policy).unwrap()
-    })
-    .await
-    .unwrap();
+    let again = manager_on(&config, &clock, policy).await;
     assert_eq!(again.snapshot().set, manager.snapshot().set);
 }
 
@@ -343,7 +313,7 @@ fn assert_no_private_key(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((bao, token)) = vault(dir.path()).await else {
+    let Some((bao, token)) = Bao::start_with_transit(dir.path()).await else {
         return;
     };
     let store = store_toml(&bao, &token);

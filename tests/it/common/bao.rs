@@ -222,6 +222,27 @@ impl Bao {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// A dev server with transit mounted and a token holding only
+    /// `deploy/vault/transit-policy.hcl`, written to `<dir>/vault-token` (the transit key store's
+    /// `keys.vault.token_file`).
+    pub async fn start_with_transit(dir: &Path) -> Option<(Bao, PathBuf)> {
+        let bao = Bao::start().await?;
+        bao.root_write("sys/mounts/transit", json!({ "type": "transit" }))
+            .await;
+        let policy = std::fs::read_to_string(deploy_vault().join("transit-policy.hcl")).unwrap();
+        bao.root_write("sys/policy/tfe-oidc-keys", json!({ "policy": policy }))
+            .await;
+        let answer = bao
+            .root_write(
+                "auth/token/create",
+                json!({ "policies": ["tfe-oidc-keys"], "no_default_policy": true, "no_parent": true, "ttl": "1h" }),
+            )
+            .await;
+        let path = dir.join("vault-token");
+        std::fs::write(&path, answer["auth"]["client_token"].as_str().unwrap()).unwrap();
+        Some((bao, path))
+    }
+
     /// A write with the root token that must succeed.
     pub async fn root_write(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self
