@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::bao::{Bao, VAULT_AUDIENCE};
-use common::process::{Server, Setup, ports};
+use common::process::{Server, Setup, ports, run};
 use common::{run_body, write_tokens_file};
 use tfe_oidc::config::Config;
 use tfe_oidc::keys::lifecycle::Policy;
@@ -427,6 +427,46 @@ async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
         "{logins} logins accepted, {} signing keys, {latest} versions in {elapsed}s",
         kids.len()
     );
+
+    // The commands read the same record through Vault while the replicas run: `keys list` shows
+    // what the JWKS serves, and `token issue` signs in Vault a token OpenBao accepts.
+    let mut list = setups[0].command(&["keys", "list", "--format", "json"]);
+    let listed = run(&mut list);
+    assert!(
+        listed.status.success(),
+        "keys list: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let jwks: Value = reqwest::get(format!("http://{}/.well-known/jwks", setups[0].discovery))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids_of = |v: &Value| -> std::collections::BTreeSet<String> {
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        kids_of(&listed),
+        kids_of(&jwks),
+        "keys list against the JWKS"
+    );
+    let issued = run(&mut setups[0].issue_args("apply"));
+    assert!(
+        issued.status.success(),
+        "token issue: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
+    if let Err(e) = bao.login(ROLE, &token).await {
+        panic!("a token from `token issue` was refused: {e}");
+    }
     for server in servers.into_iter().flatten() {
         server.stop();
     }
