@@ -5,7 +5,8 @@
 //!   numbers), with Vault refusing retired versions and trimming unpublished ones.
 //! - Two `serve` replicas on one transit key behind one issuer URL (a round-robin TCP balancer),
 //!   an OpenBao JWT role logging in with tokens from both in turn through 10+ rotations, one
-//!   replica SIGKILLed and restarted, Vault frozen and resumed; no login refused, no private key
+//!   replica SIGKILLed and restarted, Vault frozen then stopped (its port closed) and back; no
+//!   login refused, no private key
 //!   in any file they wrote.
 
 use crate::common;
@@ -31,10 +32,10 @@ use tfe_oidc::keys::{Clock, FakeClock, KeyState};
 const ROLE: &str = "tfe";
 const PERIOD_SECS: u64 = 4;
 
-fn store_toml(bao: &Bao, token: &Path) -> String {
+fn store_toml(vault_addr: &str, token: &Path) -> String {
     format!(
         "store = \"vault-transit\"\nrotation_period = \"{PERIOD_SECS}s\"\n[keys.vault]\naddr = {:?}\ntoken_file = {token:?}\nrefresh = \"500ms\"\ntimeout = \"2s\"\n",
-        bao.addr
+        vault_addr
     )
 }
 
@@ -111,7 +112,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     };
     let text = format!(
         "issuer = \"https://issuer.example\"\n[tokens]\nmax_ttl = \"1h\"\ndefault_ttl = \"10m\"\n[discovery]\njwks_max_age = \"1s\"\n[keys]\n{}",
-        store_toml(&bao, &token)
+        store_toml(&bao.addr, &token)
     );
     let config = Config::from_parts(&text, &[], None).unwrap();
     let clock = Arc::new(FakeClock::new(1_800_000_000));
@@ -244,6 +245,57 @@ async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
     addr
 }
 
+/// A TCP proxy to `backend` that can be cut (`set(false)`): its port then refuses connections and
+/// every open connection is closed, as when the Vault process is down; `set(true)` brings it back
+/// on the same port.
+async fn cuttable(backend: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = first.local_addr().unwrap();
+    let (up, watch) = tokio::sync::watch::channel(true);
+    let connections = watch.clone();
+    tokio::spawn(async move {
+        let mut listener = Some(first);
+        let mut watch = watch;
+        loop {
+            let current = match listener.take() {
+                Some(l) => l,
+                None => {
+                    if watch.wait_for(|up| *up).await.is_err() {
+                        return;
+                    }
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => l,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    accepted = current.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { break };
+                        let mut down = connections.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = TcpStream::connect(backend).await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = down.wait_for(|up| !*up) => {}
+                            }
+                        });
+                    }
+                    changed = watch.wait_for(|up| !*up) => {
+                        if changed.is_err() { return; }
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (addr, up)
+}
+
 /// One replica's configuration: its own ports and directory, the shared issuer and store.
 fn replica(issuer: &str, store: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
@@ -311,12 +363,15 @@ fn assert_no_private_key(dir: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
+async fn two_replicas_share_one_key_history_through_a_kill_and_vault_frozen_then_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let Some((bao, token)) = Bao::start_with_transit(dir.path()).await else {
         return;
     };
-    let store = store_toml(&bao, &token);
+    // The replicas reach Vault through a proxy that can be cut, as if Vault were stopped.
+    let vault_addr: SocketAddr = bao.addr.trim_start_matches("http://").parse().unwrap();
+    let (proxy, vault_up) = cuttable(vault_addr).await;
+    let store = store_toml(&format!("http://{proxy}"), &token);
     // Two replicas behind one balancer, whose address is the issuer.
     let (a_discovery, _) = ports();
     let (b_discovery, _) = ports();
@@ -358,11 +413,12 @@ async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
     let mut kids = std::collections::BTreeSet::new();
     let mut killed = false;
     let mut frozen = false;
+    let mut stopped = false;
     let mut turn = 0usize;
-    while kids.len() < 12 || !killed || !frozen {
+    while kids.len() < 12 || !killed || !frozen || !stopped {
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "12 keys, a kill and a freeze within 120s; saw {} keys",
+            "12 keys, a kill, a freeze and a stop within 120s; saw {} keys",
             kids.len()
         );
         // Kill replica 1 in the middle of its period, then restart it.
@@ -376,39 +432,22 @@ async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
             servers[1] = Some(setups[1].serve(&[], &[]).ready());
             killed = true;
         }
-        // Freeze Vault (it answers nothing): issuance is refused, the JWKS is still served.
+        // Freeze Vault (it accepts connections and answers nothing), later stop it (nothing
+        // listens): each time issuance is refused, the JWKS is still served, /readyz says why,
+        // and both replicas recover by themselves.
         if !frozen && kids.len() >= 6 {
             bao.freeze();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            for setup in &setups {
-                let (status, token) = mint(setup).await;
-                assert_eq!(
-                    (status, token.is_some()),
-                    (503, false),
-                    "issuance while vault is frozen"
-                );
-                let jwks = reqwest::get(format!("http://{}/.well-known/jwks", setup.discovery))
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    jwks.status(),
-                    200,
-                    "the JWKS is served while vault is frozen"
-                );
-            }
+            assert_out_of_service(&setups, "frozen").await;
             bao.resume();
+            wait_recovered(&setups).await;
             frozen = true;
-            // Both recover by themselves.
-            for setup in &setups {
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while mint(setup).await.0 != 200 {
-                    assert!(
-                        Instant::now() < deadline,
-                        "a replica did not recover within 20s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
+        }
+        if !stopped && kids.len() >= 9 {
+            vault_up.send(false).unwrap();
+            assert_out_of_service(&setups, "stopped").await;
+            vault_up.send(true).unwrap();
+            wait_recovered(&setups).await;
+            stopped = true;
         }
         let setup = &setups[turn % 2];
         turn += 1;
@@ -472,6 +511,41 @@ async fn two_replicas_share_one_key_history_through_kills_and_a_frozen_vault() {
     }
     for setup in &setups {
         assert_no_private_key(setup.dir.path());
+    }
+}
+
+/// After 3 s without Vault: issuance answers 503, the JWKS is served, `/readyz` answers 503.
+async fn assert_out_of_service(setups: &[Setup], how: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for setup in setups {
+        let (status, token) = mint(setup).await;
+        assert_eq!(
+            (status, token.is_some()),
+            (503, false),
+            "issuance while vault is {how}"
+        );
+        let jwks = reqwest::get(format!("http://{}/.well-known/jwks", setup.discovery))
+            .await
+            .unwrap();
+        assert_eq!(jwks.status(), 200, "the JWKS while vault is {how}");
+        let ready = reqwest::get(format!("http://{}/readyz", setup.api))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503, "/readyz while vault is {how}");
+    }
+}
+
+/// Waits until both replicas issue tokens again.
+async fn wait_recovered(setups: &[Setup]) {
+    for setup in setups {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while mint(setup).await.0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "a replica did not recover within 20s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
