@@ -6,8 +6,7 @@
 //! - Two `serve` replicas on one transit key behind one issuer URL (a round-robin TCP balancer),
 //!   an OpenBao JWT role logging in with tokens from both in turn through 10+ rotations, one
 //!   replica SIGKILLed and restarted, Vault frozen then stopped (its port closed) and back; no
-//!   login refused, no private key
-//!   in any file they wrote.
+//!   login refused, no private key in any file they wrote.
 
 use crate::common;
 
