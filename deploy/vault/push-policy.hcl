@@ -12,6 +12,15 @@ path "auth/jwt/config" {
 }
 
 # Only with an AppRole login (role_id + secret_id_file): the login itself needs no policy, as
-# auth/approle/login is unauthenticated. A periodic token (-period) is renewed by nothing here:
-# give the AppRole a token_ttl longer than repair_interval, and tfe-oidc logs in again whenever
-# Vault refuses the token.
+# auth/approle/login is unauthenticated. tfe-oidc logs in again at two thirds of the token's TTL
+# and whenever Vault refuses the token.
+
+# A token from a file that is renewable (a periodic token, -period=24h) is renewed by tfe-oidc
+# once less than half of its TTL is left; these two paths (also in Vault's default policy) let it.
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}

@@ -40,6 +40,15 @@ path "secret/data/tfe-oidc/tfe-oidc" {
   capabilities = ["read", "create", "update"]
 }
 
-# With a token file, the token is renewed by whatever writes the file (Vault Agent): no
-# renewal path is needed here. With an AppRole, tfe-oidc logs in again at two thirds of the
-# token's TTL; auth/approle/login needs no policy.
+# With an AppRole, tfe-oidc logs in again at two thirds of the token's TTL;
+# auth/approle/login needs no policy.
+
+# A token from a file that is renewable (a periodic token, -period=24h) is renewed by tfe-oidc
+# once less than half of its TTL is left; these two paths (also in Vault's default policy) let it.
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}

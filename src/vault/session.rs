@@ -105,10 +105,15 @@ impl Session {
 
     async fn fetch(&self) -> Result<Held, SessionError> {
         match &self.auth {
-            VaultAuth::TokenFile(path) => Ok(Held {
-                token: VaultToken::new(read_secret(path).await?),
-                fetch_after: Instant::now() + TOKEN_FILE_TTL,
-            }),
+            VaultAuth::TokenFile(path) => {
+                let token = VaultToken::new(read_secret(path).await?);
+                // In the background: a slow Vault must not hold up the call that needs the token.
+                tokio::spawn(keep_alive(self.vault.clone(), token.clone()));
+                Ok(Held {
+                    token,
+                    fetch_after: Instant::now() + TOKEN_FILE_TTL,
+                })
+            }
             VaultAuth::AppRole {
                 role_id,
                 secret_id_file,
@@ -129,6 +134,49 @@ impl Session {
                     fetch_after: Instant::now() + lease,
                 })
             }
+        }
+    }
+}
+
+/// Renews a renewable token from a file once less than half of its TTL is left (a periodic
+/// token, `-period=24h`, lives as long as it is renewed; nothing else may renew it). Called at
+/// each read of the file, so every `TOKEN_FILE_TTL`. Needs `auth/token/lookup-self` and
+/// `renew-self` (in Vault's default policy, and in `deploy/vault/*-policy.hcl`); without them,
+/// or for a token that is not renewable, the token is used as it is.
+async fn keep_alive(vault: Vault, token: VaultToken) {
+    let token = &token;
+    let data = match vault.lookup_self(token).await {
+        Ok(secret) => secret.data,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot look up the Vault token from the file; it is not renewed here");
+            return;
+        }
+    };
+    let number = |name: &str| data.get(name).and_then(serde_json::Value::as_u64);
+    let renewable = data
+        .get("renewable")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let (Some(ttl), Some(full)) = (
+        number("ttl"),
+        number("period")
+            .filter(|p| *p > 0)
+            .or_else(|| number("creation_ttl")),
+    ) else {
+        return;
+    };
+    if !renewable || ttl == 0 || ttl * 2 > full {
+        return;
+    }
+    match vault.renew_self(token, None).await {
+        Ok(auth) => {
+            tracing::info!(
+                ttl_secs = auth.lease_duration,
+                "renewed the Vault token from the file"
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, ttl_secs = ttl, "cannot renew the Vault token from the file: it expires unless something else renews or replaces it")
         }
     }
 }

@@ -345,6 +345,11 @@ async fn the_push_policy_allows_the_config_and_nothing_else() {
     };
     use reqwest::Method;
     assert_eq!(status(Method::GET, "auth/jwt/config", None).await, 200);
+    // Its own lookup, for renewing a periodic token from the file.
+    assert_eq!(
+        status(Method::GET, "auth/token/lookup-self", None).await,
+        200
+    );
     let config = jwt_config(&bao).await;
     assert_eq!(
         status(Method::POST, "auth/jwt/config", Some(config)).await,
@@ -359,7 +364,7 @@ async fn the_push_policy_allows_the_config_and_nothing_else() {
         (Method::POST, "sys/policy/tfe-oidc-push"),
         (Method::POST, "sys/auth/more"),
         (Method::POST, "auth/token/create"),
-        (Method::GET, "auth/token/lookup-self"),
+        (Method::GET, "auth/token/accessors"),
         (Method::DELETE, "sys/auth/jwt"),
     ] {
         let body = (method == Method::POST).then(|| json!({ "policies": ["root"] }));

@@ -224,7 +224,7 @@ impl Bao {
 
     /// A dev server with transit mounted and a token holding only
     /// `deploy/vault/transit-policy.hcl`, written to `<dir>/vault-token` (the transit key store's
-    /// `keys.vault.token_file`).
+    /// `keys.vault.token_file`). The token is periodic (30 s): it dies unless the issuer renews it.
     pub async fn start_with_transit(dir: &Path) -> Option<(Bao, PathBuf)> {
         let bao = Bao::start().await?;
         bao.root_write("sys/mounts/transit", json!({ "type": "transit" }))
@@ -235,7 +235,7 @@ impl Bao {
         let answer = bao
             .root_write(
                 "auth/token/create",
-                json!({ "policies": ["tfe-oidc-keys"], "no_default_policy": true, "no_parent": true, "ttl": "1h" }),
+                json!({ "policies": ["tfe-oidc-keys"], "no_default_policy": true, "no_parent": true, "period": "30s" }),
             )
             .await;
         let path = dir.join("vault-token");
