@@ -207,13 +207,7 @@ pub fn open_store(
             config.keys.rsa_bits,
         )?)),
         StoreKind::VaultTransit(transit) => Ok(Box::new(
-            TransitStore::open(
-                transit,
-                config.keys.rsa_bits,
-                config.issuer.as_str(),
-                runtime,
-            )?
-            .with_clock(clock),
+            transit_store(config, transit, runtime)?.with_clock(clock),
         )),
     }
 }
@@ -224,16 +218,19 @@ pub fn read_keys(config: &Config, runtime: Handle) -> Result<Loaded, ManagerErro
     match &config.keys.store {
         StoreKind::File => Ok(crate::keys::store::read_unlocked(&config.keys.dir)?),
         StoreKind::VaultTransit(transit) => {
-            let mut store = TransitStore::open(
-                transit,
-                config.keys.rsa_bits,
-                config.issuer.as_str(),
-                runtime,
-            )?
-            .read_only();
+            let mut store = transit_store(config, transit, runtime)?.read_only();
             Ok(store.load()?)
         }
     }
+}
+
+fn transit_store(
+    config: &Config,
+    transit: &crate::config::TransitConfig,
+    runtime: Handle,
+) -> Result<TransitStore, ManagerError> {
+    let (bits, issuer) = (config.keys.rsa_bits, config.issuer.as_str());
+    Ok(TransitStore::open(transit, bits, issuer, runtime)?)
 }
 
 pub fn policy(config: &Config) -> Policy {

@@ -222,7 +222,7 @@ impl KeyManager {
                 let problem = Unhealthy(e.to_string());
                 let mut slot = self.health_slot();
                 if slot.as_ref() != Some(&problem) {
-                    tracing::error!(error = %problem, "the key store cannot hold the key set safely (a restart may fail or lose a key); /readyz answers 503 until this is fixed");
+                    tracing::error!(error = %problem, "the key store cannot be relied on (a file it needs is missing, or Vault does not answer); /readyz answers 503 until this is fixed");
                 }
                 *slot = Some(problem);
             }

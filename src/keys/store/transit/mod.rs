@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::runtime::Handle;
 
-use self::vault::{CallError, KeyInfo as TransitKey, TransitVault};
+use self::vault::{CallError, KeyInfo as TransitKey, StoredRecord, TransitVault};
 use super::{KeyStore, Loaded, StoreError};
 use crate::config::{RsaBits, TransitConfig};
 use crate::keys::{
@@ -255,11 +255,19 @@ impl TransitStore {
         Ok(key)
     }
 
-    /// The committed record, checked against the transit key and made into a `Loaded`.
-    fn read_committed(&mut self, transit: &TransitKey) -> Result<Loaded, StoreError> {
-        let stored = self
-            .block_on(self.vault.read_record())
-            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))?;
+    /// The record as Vault holds it now (`None`: none yet).
+    fn read_record(&self) -> Result<Option<StoredRecord>, StoreError> {
+        self.block_on(self.vault.read_record())
+            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))
+    }
+
+    /// The record `stored`, checked against the transit key and made into a `Loaded`; it becomes
+    /// what this store knows as committed.
+    fn adopt_record(
+        &mut self,
+        transit: &TransitKey,
+        stored: Option<StoredRecord>,
+    ) -> Result<Loaded, StoreError> {
         let Some(stored) = stored else {
             self.cas = 0;
             self.highest = 0;
@@ -435,7 +443,8 @@ impl TransitStore {
 impl KeyStore for TransitStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let transit = self.read_transit()?;
-        let loaded = self.read_committed(&transit)?;
+        let stored = self.read_record()?;
+        let loaded = self.adopt_record(&transit, stored)?;
         if !loaded.set.keys.is_empty() {
             self.enforce(&loaded.set, self.clock.now());
         }
@@ -511,9 +520,7 @@ impl KeyStore for TransitStore {
     }
 
     fn refresh(&mut self) -> Result<Option<Loaded>, StoreError> {
-        let stored = self
-            .block_on(self.vault.read_record())
-            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))?;
+        let stored = self.read_record()?;
         let kv_version = stored.as_ref().map_or(0, |s| s.kv_version);
         if kv_version == self.cas {
             if let Some(set) = self.enforce_pending.take() {
@@ -521,8 +528,9 @@ impl KeyStore for TransitStore {
             }
             return Ok(None);
         }
+        // Only a changed record costs a read of the transit key (its new versions).
         let transit = self.read_transit()?;
-        let loaded = self.read_committed(&transit)?;
+        let loaded = self.adopt_record(&transit, stored)?;
         self.enforce_pending = None;
         Ok(Some(loaded))
     }
