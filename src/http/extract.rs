@@ -143,6 +143,13 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the body is not a valid request: it must be one JSON object ({…})",
         ));
     }
+    // The common case, a valid body, without the path tracking that only an error needs.
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    if let Ok(value) = T::deserialize(&mut deserializer)
+        && deserializer.end().is_ok()
+    {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
     deserializer.end().map_err(|_| {

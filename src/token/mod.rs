@@ -130,7 +130,7 @@ impl TokenIssuer {
         signer: &SigningKey,
         now: UnixTime,
     ) -> Result<IssuedToken, SignError> {
-        let jti = uuid::Uuid::new_v4().to_string();
+        let jti = new_jti();
         let claims = subject.claims(&self.issuer, &audience, jti, now, now + ttl.as_secs());
         Ok(IssuedToken {
             token: sign(signer, &claims).await?,
@@ -138,6 +138,16 @@ impl TokenIssuer {
             claims,
         })
     }
+}
+
+/// A random (version 4) UUID from aws-lc's generator, which is seeded by the kernel and runs in
+/// this process: `Uuid::new_v4` asks the kernel (`getrandom`) for every token.
+fn new_jti() -> String {
+    let mut bytes = [0; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("aws-lc's generator does not fail once seeded");
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// Why a token was not issued: the request, or the signer.
@@ -256,4 +266,25 @@ fn parse_ttl(text: &str) -> Result<Duration, FieldError> {
 
 fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_jti;
+
+    #[test]
+    fn jti_is_a_random_v4_uuid() {
+        let jtis: std::collections::HashSet<String> = (0..1000).map(|_| new_jti()).collect();
+        assert_eq!(jtis.len(), 1000, "every jti is new");
+        for jti in &jtis {
+            let uuid = uuid::Uuid::parse_str(jti).expect("a UUID");
+            assert_eq!(uuid.get_version(), Some(uuid::Version::Random));
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(
+                jti,
+                &uuid.hyphenated().to_string(),
+                "lower-case, hyphenated"
+            );
+        }
+    }
 }
