@@ -131,7 +131,8 @@ impl KeyDir {
         let (tmp, file) = self.create_temp(name)?;
         if let Err(e) = write_synced(&file, bytes) {
             self.discard(&tmp);
-            return Err(io_at(&self.path_of(&tmp))(e));
+            // The file that could not be written is `name`: the temporary one is already gone.
+            return Err(io_at(&self.path_of(name))(e));
         }
         if let Err(e) = rustix::fs::renameat(&self.fd, &tmp, &self.fd, name) {
             self.discard(&tmp);
@@ -221,6 +222,9 @@ impl KeyDir {
                     if source.kind() == io::ErrorKind::AlreadyExists =>
                 {
                     last = Some(source);
+                }
+                Err(StoreError::Io { source, .. }) => {
+                    return Err(io_at(&self.path_of(name))(source));
                 }
                 Err(e) => return Err(e),
             }
@@ -367,6 +371,20 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let dir = KeyDir::create(&parent.path().join("keys")).unwrap();
         (parent, dir)
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_being_replaced_not_its_temporary_name() {
+        let (_parent, dir) = private_dir();
+        // Short enough to exist, too long once `.<name>.<16 hex>.tmp` is made of it.
+        let name = "k".repeat(240);
+        let err = dir.write_atomic(&name, b"x").unwrap_err().to_string();
+        assert!(err.contains(&name), "{err}");
+        assert!(
+            !err.contains(&format!(".{name}.")),
+            "names the temporary file: {err}"
+        );
+        assert!(dir.names().unwrap().is_empty(), "nothing is left behind");
     }
 
     #[test]
