@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 use common::bao::{Bao, deploy_vault};
 use common::{Options, TestServer, run_body};
 
+/// The order of every row's figures.
+const KINDS: [Kind; 2] = [Kind::Exchange, Kind::Direct];
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Exchange,
@@ -41,31 +44,14 @@ async fn main() {
     let args = load::args();
     let Some(setup) = setup().await else { return };
     let setup = Arc::new(setup);
-    if !args.measure {
-        for kind in [Kind::Exchange, Kind::Direct] {
-            for _ in 0..3 {
-                once(&setup, kind).await;
-            }
-        }
-        println!(
-            "exchange bench: 3 exchanges and 3 direct sequences done; `cargo bench --bench exchange` measures"
-        );
-        return;
-    }
-    let mut rows = Vec::new();
-    for clients in [1usize, 4] {
+    let op = move |kind| {
         let setup = Arc::clone(&setup);
-        let op = move |kind| {
-            let setup = Arc::clone(&setup);
-            async move { once(&setup, kind).await }
-        };
-        let figures = load::interleaved(&[Kind::Exchange, Kind::Direct], clients, &args, op).await;
-        rows.push(Row {
-            clients,
-            figures: figures.try_into().unwrap(),
-        });
+        async move { once(&setup, kind).await }
+    };
+    let smoke = "exchange bench: 3 exchanges and 3 direct sequences done; `cargo bench --bench exchange` measures";
+    if let Some(rows) = load::measure(&KINDS, &[1, 4], &args, op, smoke).await {
+        report(&rows, args.json);
     }
-    report(&rows, args.json);
 }
 
 async fn setup() -> Option<Setup> {
@@ -152,13 +138,7 @@ async fn direct(s: &Setup) {
     assert_eq!(read["data"]["access_key"], "AKIABENCH");
 }
 
-struct Row {
-    clients: usize,
-    /// exchange, direct: (p50 ms, p99 ms, ops/s)
-    figures: [(f64, f64, f64); 2],
-}
-
-fn report(rows: &[Row], json: bool) {
+fn report(rows: &[load::Row<2>], json: bool) {
     if json {
         let out: Vec<Value> = rows
             .iter()

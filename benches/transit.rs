@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use common::bao::Bao;
 use common::{Options, TestServer, run_body};
 
+/// The order of every row's figures.
 const KINDS: [Kind; 3] = [Kind::File, Kind::Transit, Kind::VaultDirect];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -49,31 +50,15 @@ async fn main() {
     let args = load::args();
     let Some(setup) = setup().await else { return };
     let setup = Arc::new(setup);
-    if !args.measure {
-        for kind in KINDS {
-            for _ in 0..3 {
-                once(&setup, kind).await;
-            }
-        }
-        println!(
-            "transit bench: 3 operations of each kind done; `cargo bench --bench transit` measures"
-        );
-        return;
-    }
-    let mut rows = Vec::new();
-    for clients in [1usize, 8] {
+    let op = move |kind| {
         let setup = Arc::clone(&setup);
-        let op = move |kind| {
-            let setup = Arc::clone(&setup);
-            async move { once(&setup, kind).await }
-        };
-        let figures = load::interleaved(&KINDS, clients, &args, op).await;
-        rows.push(Row {
-            clients,
-            figures: figures.try_into().unwrap(),
-        });
+        async move { once(&setup, kind).await }
+    };
+    let smoke =
+        "transit bench: 3 operations of each kind done; `cargo bench --bench transit` measures";
+    if let Some(rows) = load::measure(&KINDS, &[1, 8], &args, op, smoke).await {
+        report(&rows, args.json, args.json_out.as_deref());
     }
-    report(&rows, args.json, args.json_out.as_deref());
 }
 
 async fn setup() -> Option<Setup> {
@@ -151,13 +136,7 @@ async fn token(s: &Setup, server: &TestServer) {
     assert!(answer["token"].as_str().is_some());
 }
 
-struct Row {
-    clients: usize,
-    /// file, transit, vault direct: (p50 ms, p99 ms, ops/s)
-    figures: [(f64, f64, f64); 3],
-}
-
-fn report(rows: &[Row], json: bool, json_out: Option<&str>) {
+fn report(rows: &[load::Row<3>], json: bool, json_out: Option<&str>) {
     if json || json_out.is_some() {
         let out: Vec<Value> = rows
             .iter()

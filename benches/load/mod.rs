@@ -69,9 +69,50 @@ where
     (all, started.elapsed())
 }
 
+/// One line of a bench's report: `clients` concurrent loops, and per kind (in the order of the
+/// bench's kinds) p50 ms, p99 ms and operations per second.
+pub struct Row<const N: usize> {
+    pub clients: usize,
+    pub figures: [(f64, f64, f64); N],
+}
+
+/// Without `--bench`: three `op(kind)` of each kind, `smoke` printed, and `None`. Otherwise a row
+/// for each of `client_counts`, measured by `interleaved`.
+pub async fn measure<K, F, Fut, const N: usize>(
+    kinds: &[K; N],
+    client_counts: &[usize],
+    args: &Args,
+    op: F,
+    smoke: &str,
+) -> Option<Vec<Row<N>>>
+where
+    K: Copy + Send + 'static,
+    F: Fn(K) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    if !args.measure {
+        for &kind in kinds {
+            for _ in 0..3 {
+                op(kind).await;
+            }
+        }
+        println!("{smoke}");
+        return None;
+    }
+    let mut rows = Vec::new();
+    for &clients in client_counts {
+        let figures = interleaved(kinds, clients, args, op.clone()).await;
+        rows.push(Row {
+            clients,
+            figures: figures.try_into().unwrap(),
+        });
+    }
+    Some(rows)
+}
+
 /// For each of `kinds`, p50 and p99 (ms) and operations per second of `clients` loops of
 /// `op(kind)`, over `args.reps` repetitions that run every kind in turn (so drift hits all alike).
-pub async fn interleaved<K, F, Fut>(
+async fn interleaved<K, F, Fut>(
     kinds: &[K],
     clients: usize,
     args: &Args,
