@@ -244,6 +244,28 @@ fn run_to_end(mut command: Command) -> Output {
     tokio::task::block_in_place(|| command.output().unwrap())
 }
 
+/// Starts `command`, waits (up to 30 s, failing with `never`) until `ready()`, then sends `run`
+/// SIGTERM: its output, and how long it took to end after the signal.
+async fn sigterm_once_ready(
+    mut command: Command,
+    ready: impl Fn() -> bool,
+    never: &str,
+) -> (Output, Duration) {
+    let child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    (output, started.elapsed())
+}
+
 fn assert_empty(tmp: &TempDir) {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
@@ -431,24 +453,16 @@ async fn sigterm_mid_run_is_forwarded_then_revokes_and_cleans_up() {
     let vars = vault_vars(&f.bao.addr);
     let probe = f.probe("term", 0, 0, 60);
     let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
-    let (mut command, tmp) = f.command("prod", &borrowed(&vars), &probe);
-    let child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f.path("term").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the probe never wrote its report"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let started = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    let (command, tmp) = f.command("prod", &borrowed(&vars), &probe);
+    let report = f.path("term");
+    let (output, took) = sigterm_once_ready(
+        command,
+        || report.exists(),
+        "the probe never wrote its report",
+    )
+    .await;
     assert!(
-        started.elapsed() < Duration::from_secs(30),
+        took < Duration::from_secs(30),
         "the probe's sleep was cut short"
     );
     assert_eq!(output.status.code(), Some(143), "{output:?}");
@@ -550,21 +564,11 @@ async fn sigterm_while_waiting_for_not_before_revokes_without_running() {
     ]);
     let marker = f.path("ran");
     let touch = format!("touch {marker:?}");
-    let (mut command, tmp) = f.command("prod", &borrowed(&vars), &["sh", "-c", &touch]);
-    let child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(tmp.path()).unwrap().next().is_none() {
-        assert!(Instant::now() < deadline, "run never wrote its files");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let started = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+    let (command, tmp) = f.command("prod", &borrowed(&vars), &["sh", "-c", &touch]);
+    let wrote = || std::fs::read_dir(tmp.path()).unwrap().next().is_some();
+    let (output, took) = sigterm_once_ready(command, wrote, "run never wrote its files").await;
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        took < Duration::from_secs(20),
         "not_before was still waited for"
     );
     assert_eq!(output.status.code(), Some(143), "{output:?}");
