@@ -73,15 +73,9 @@ async fn setup() -> Option<Setup> {
         ..Options::default()
     })
     .await;
-    let (_, key) = bao
-        .call(
-            reqwest::Method::GET,
-            "transit/keys/tfe-oidc",
-            Some("root"),
-            None,
-        )
-        .await;
-    let version = key["data"]["min_encryption_version"].as_u64().unwrap();
+    let version = bao.transit_key().await["min_encryption_version"]
+        .as_u64()
+        .unwrap();
     Some(Setup {
         bao,
         file,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use common::bao::{Bao, deploy_vault};
-use common::{Secrets, TestServer, binary, mount_engines, random, start_server, wire};
+use common::{RUN_FLAGS, Secrets, TestServer, binary, mount_engines, random, start_server, wire};
 
 /// The probe COMMAND: `probe.py REPORT EXIT_CODE SLEEP_BEFORE SLEEP_AFTER`. It sleeps, then
 /// records the environment, the credential files and their modes, a `lookup-self` with every
@@ -68,27 +68,11 @@ sys.exit(code)
 
 /// The run flags of workspace `workspace`, apply phase.
 fn run_flags(workspace: &str) -> Vec<String> {
-    [
-        "--org",
-        "acme",
-        "--org-id",
-        "org-GRNbCjYNpBB6NEH9",
-        "--project",
-        "Default Project",
-        "--project-id",
-        "prj-vegSA59s1XPwMr2t",
-        "--workspace",
-        workspace,
-        "--workspace-id",
-        "ws-mbsd5E3Ktt5Rg2Xm",
-        "--run-id",
-        "run-X3n1AUXNGWbfECsJ",
-        "--phase",
-        "apply",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut flags: Vec<String> = RUN_FLAGS.iter().map(|s| s.to_string()).collect();
+    let at = flags.iter().position(|f| f == "--workspace").unwrap() + 1;
+    flags[at] = workspace.to_owned();
+    flags.extend(["--phase".to_owned(), "apply".to_owned()]);
+    flags
 }
 
 struct Fixture {

@@ -38,19 +38,6 @@ fn store_toml(vault_addr: &str, token: &Path) -> String {
     )
 }
 
-async fn transit_key(bao: &Bao) -> Value {
-    let (status, key) = bao
-        .call(
-            reqwest::Method::GET,
-            "transit/keys/tfe-oidc",
-            Some("root"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{key}");
-    key["data"].clone()
-}
-
 fn versions(key: &Value) -> Vec<u64> {
     let mut v: Vec<u64> = key["keys"]
         .as_object()
@@ -145,7 +132,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     }
 
     // The key is non-exportable: nothing private can be read.
-    let key = transit_key(&bao).await;
+    let key = bao.transit_key().await;
     assert_eq!(key["exportable"], false);
     assert_eq!(key["type"], "rsa-2048");
 
@@ -170,7 +157,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
         let jwk = &snapshot.set.current().unwrap().jwk;
         assert!(verifies(&token, jwk), "token {} verifies", kids.len());
     }
-    let key = transit_key(&bao).await;
+    let key = bao.transit_key().await;
     assert_eq!(key["latest_version"], 14, "one version per rotation: {key}");
     // The signing floor: retired versions past their grace cannot sign any more.
     clock.advance(60);
@@ -178,7 +165,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
     tokio::task::spawn_blocking(move || m.check_store())
         .await
         .unwrap();
-    let key = transit_key(&bao).await;
+    let key = bao.transit_key().await;
     let current_version = key["min_encryption_version"].as_u64().unwrap();
     assert_eq!(
         current_version, 13,
@@ -221,7 +208,7 @@ async fn lifecycle_crosses_version_ten_refuses_retired_versions_and_trims() {
         .collect();
     assert_eq!(retired.len(), 1, "{:?}", snapshot.set);
     assert_eq!(retired[0].retired_at, Some(clock.now()));
-    let key = transit_key(&bao).await;
+    let key = bao.transit_key().await;
     let kept = versions(&key);
     assert!(
         kept.iter().all(|v| *v >= 13),
@@ -477,7 +464,7 @@ async fn two_replicas_share_one_key_history_through_a_kill_and_vault_frozen_then
     }
     let elapsed = start.elapsed().as_secs();
     // Rotations happen once per period between the two, not once per replica.
-    let key = transit_key(&bao).await;
+    let key = bao.transit_key().await;
     let latest = key["latest_version"].as_u64().unwrap();
     assert!(
         latest <= elapsed / PERIOD_SECS + 6,

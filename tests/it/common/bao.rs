@@ -202,6 +202,21 @@ impl Bao {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The `data` of transit key `tfe-oidc` (the one tfe-oidc's transit store uses by default), read
+    /// with the root token.
+    pub async fn transit_key(&self) -> Value {
+        let (status, key) = self
+            .call(
+                reqwest::Method::GET,
+                "transit/keys/tfe-oidc",
+                Some("root"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{key}");
+        key["data"].clone()
+    }
+
     /// Freezes the server (SIGSTOP): it accepts connections but answers nothing, as a Vault
     /// behind a broken network does. `resume` undoes it.
     pub fn freeze(&self) {
