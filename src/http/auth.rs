@@ -168,7 +168,9 @@ impl ApiTokens {
 }
 
 /// A tokens file decides who may mint tokens: like OpenSSH's StrictModes, refuse one that
-/// another user could write.
+/// another user could write. Root, or the user tfe-oidc runs as, may own it: root can change
+/// anything anyway, and `root:tfe-oidc 0640` (or a Kubernetes Secret's `root:<fsGroup> 0440`) is
+/// the layout that keeps a compromised service from rewriting its own secrets.
 fn check_tokens_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokensFileError> {
     use std::os::unix::fs::MetadataExt;
     if !meta.is_file() {
@@ -177,8 +179,12 @@ fn check_tokens_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), Tokens
         });
     }
     let euid = rustix::process::geteuid().as_raw();
-    let fix = if meta.uid() != euid {
-        format!("run `chown {euid} {}`", path.display())
+    let fix = if meta.uid() != euid && meta.uid() != 0 {
+        format!(
+            "it is owned by uid {}: run `chown root {}` (and `chgrp` it to the service's group, mode 0640)",
+            meta.uid(),
+            path.display()
+        )
     } else if meta.mode() & 0o022 != 0 {
         format!("run `chmod go-w {}`", path.display())
     } else {
@@ -292,6 +298,29 @@ mod tests {
         assert_eq!(caller.scopes, [Scope::Tokens]);
         assert!(tokens.authenticate("tfeoidc_wrong").is_none());
         assert!(!format!("{token:?}").contains(&token.0));
+    }
+
+    #[test]
+    fn a_tokens_file_only_root_or_the_service_user_can_write_is_accepted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-tokens");
+        std::fs::write(&path, format!("sha256:{} tfe tokens\n", "0".repeat(64))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        ApiTokens::load(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let err = ApiTokens::load(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let euid = rustix::process::geteuid().as_raw();
+        // Owned by neither root nor us (only root can give a file away): refused.
+        if euid == 0 {
+            std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+            let err = ApiTokens::load(&path).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 4242") && err.contains("chown root"), "{err}");
+            std::os::unix::fs::chown(&path, Some(0), Some(4242)).unwrap();
+            ApiTokens::load(&path).unwrap();
+        }
     }
 
     #[test]
