@@ -98,6 +98,8 @@ pub struct KeyGauges {
     pub store_healthy: bool,
     /// Scheduled rotations or expiries that could not be committed since start.
     pub rotation_failures: u64,
+    /// Times the shared key set record was refused for not moving forward, since start.
+    pub records_refused: u64,
 }
 
 /// The `state` label values of `tfe_oidc_keys`, in the order of `KeyGauges::keys_by_state`.
@@ -455,6 +457,17 @@ fn render_key_timeline(out: &mut String, keys: &KeyGauges) {
         out,
         "tfe_oidc_key_rotation_failures_total {}",
         keys.rotation_failures
+    );
+    family(
+        out,
+        "tfe_oidc_key_store_records_refused_total",
+        "counter",
+        "Times the shared key set record (vault-transit store) was refused because it did not move forward: deleted, rolled back or older.",
+    );
+    let _ = writeln!(
+        out,
+        "tfe_oidc_key_store_records_refused_total {}",
+        keys.records_refused
     );
 }
 

@@ -35,9 +35,16 @@ path "transit/sign/tfe-oidc/sha2-256" {
   capabilities = ["update"]
 }
 
-# The lifecycle record, written with check-and-set.
+# The lifecycle record, written with check-and-set (and its earlier versions read, when the
+# latest was deleted or rolled back).
 path "secret/data/tfe-oidc/tfe-oidc" {
   capabilities = ["read", "create", "update"]
+}
+
+# The record's metadata, read only when its latest version is unreadable: tells a deleted record
+# (refused until it is restored) from one never written (a new key history).
+path "secret/metadata/tfe-oidc/tfe-oidc" {
+  capabilities = ["read"]
 }
 
 # With an AppRole, tfe-oidc logs in again at two thirds of the token's TTL;

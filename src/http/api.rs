@@ -240,6 +240,7 @@ fn key_gauges(manager: &KeyManager) -> KeyGauges {
         rotation_period_seconds: manager.policy().rotation_period,
         store_healthy: manager.health().is_ok(),
         rotation_failures: manager.tick_failures(),
+        records_refused: manager.records_refused(),
     }
 }
 

@@ -80,6 +80,8 @@ pub struct KeyManager {
     health: Mutex<Option<Unhealthy>>,
     /// Scheduled changes (`tick`) that failed, since start.
     tick_failures: AtomicU64,
+    /// Times the store's shared record was found not moving forward, since start.
+    records_refused: AtomicU64,
 }
 
 impl KeyManager {
@@ -111,7 +113,17 @@ impl KeyManager {
             keys: watch::Sender::new(Arc::new(empty)),
             health: Mutex::new(None),
             tick_failures: AtomicU64::new(0),
+            records_refused: AtomicU64::new(0),
         };
+        let refused = manager.lock().store.refused();
+        if let Some(refused) = refused {
+            // The last good set of a record that did not move forward: published so that every
+            // token it may have signed still verifies, never signing, never committed.
+            let set = manager.lock().loaded.set.clone();
+            manager.publish(set, None, Change::Loaded);
+            manager.report(Err(refused));
+            return Ok(manager);
+        }
         manager.retrying(|inner| {
             let set = inner.loaded.set.clone();
             let now = manager.clock.now();
@@ -209,6 +221,11 @@ impl KeyManager {
             let restored = store.restore(loaded);
             restored.and_then(|restored| self.refresh(&mut inner).map(|()| restored))
         };
+        self.report(result);
+    }
+
+    /// Makes `result` of a store check the manager's `health`, logging what changed.
+    fn report(&self, result: Result<Vec<super::store::Restored>, StoreError>) {
         match result {
             Ok(restored) => {
                 for r in restored {
@@ -221,6 +238,9 @@ impl KeyManager {
             Err(e) => {
                 let problem = Unhealthy(e.to_string());
                 let mut slot = self.health_slot();
+                if slot.as_ref() != Some(&problem) && matches!(e, StoreError::Refused { .. }) {
+                    self.records_refused.fetch_add(1, Ordering::Relaxed);
+                }
                 if slot.as_ref() != Some(&problem) {
                     tracing::error!(error = %problem, "the key store cannot be relied on (a file it needs is missing, or Vault does not answer); /readyz answers 503 until this is fixed");
                 }
@@ -232,10 +252,13 @@ impl KeyManager {
     /// Reads what other replicas committed, when the store's refresh interval has passed, and
     /// publishes it.
     fn refresh(&self, inner: &mut Inner) -> Result<(), StoreError> {
-        let due = inner
-            .store
-            .refresh_interval()
-            .is_some_and(|every| inner.refreshed.elapsed() >= every);
+        // A refused record is read again at every check, so that health never shows it fixed
+        // before it is.
+        let due = inner.store.refused().is_some()
+            || inner
+                .store
+                .refresh_interval()
+                .is_some_and(|every| inner.refreshed.elapsed() >= every);
         if !due {
             return Ok(());
         }
@@ -259,6 +282,12 @@ impl KeyManager {
 
     pub fn now(&self) -> super::UnixTime {
         self.clock.now()
+    }
+
+    /// Times the store's shared record (the transit store) was refused for not moving forward:
+    /// each new reason counts once.
+    pub fn records_refused(&self) -> u64 {
+        self.records_refused.load(Ordering::Relaxed)
     }
 
     /// Scheduled rotations or expiries that could not be committed since this manager started

@@ -22,4 +22,5 @@ mod rotation;
 mod run;
 mod store;
 mod transit;
+mod transit_record;
 mod validate;

@@ -31,7 +31,7 @@ use tfe_oidc::keys::{Clock, FakeClock, KeyState};
 const ROLE: &str = "tfe";
 const PERIOD_SECS: u64 = 4;
 
-fn store_toml(vault_addr: &str, token: &Path) -> String {
+pub(crate) fn store_toml(vault_addr: &str, token: &Path) -> String {
     format!(
         "store = \"vault-transit\"\nrotation_period = \"{PERIOD_SECS}s\"\n[keys.vault]\naddr = {:?}\ntoken_file = {token:?}\nrefresh = \"500ms\"\ntimeout = \"5s\"\n",
         vault_addr
@@ -322,7 +322,7 @@ fn replica(issuer: &str, store: &str) -> Setup {
 }
 
 /// `POST /v1/tokens` on a replica: the status and the token (if any).
-async fn mint(setup: &Setup) -> (u16, Option<String>) {
+pub(crate) async fn mint(setup: &Setup) -> (u16, Option<String>) {
     let response = reqwest::Client::new()
         .post(format!("http://{}/v1/tokens", setup.api))
         .bearer_auth(&setup.tokens.all)
@@ -341,7 +341,7 @@ async fn mint(setup: &Setup) -> (u16, Option<String>) {
     (status, body["token"].as_str().map(str::to_owned))
 }
 
-fn kid_of(token: &str) -> String {
+pub(crate) fn kid_of(token: &str) -> String {
     use base64::Engine;
     let header = token.split('.').next().unwrap();
     let header: Value = serde_json::from_slice(

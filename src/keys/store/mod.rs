@@ -80,6 +80,11 @@ pub enum StoreError {
     /// Vault (the transit store) refused or did not answer; nothing was changed.
     #[error("{0}")]
     Vault(String),
+    /// The shared lifecycle record did not move forward (deleted, rolled back, or an older
+    /// version): it is not adopted, the last good set stays published, and nothing is committed
+    /// until the record is restored.
+    #[error("{path}: {why}")]
+    Refused { path: PathBuf, why: String },
     /// Key files are present but the manifest that says which keys they are is gone: starting
     /// afresh would unpublish keys whose tokens may still be valid.
     #[error(
@@ -140,6 +145,11 @@ pub trait KeyStore: Send + 'static {
     }
     /// How often `refresh` should be called; `None` for a store that never needs it.
     fn refresh_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Why the shared record is refused right now (`StoreError::Refused`), if it is: `load` then
+    /// returned the last good set, which must be published without signing and not committed.
+    fn refused(&self) -> Option<StoreError> {
         None
     }
 }

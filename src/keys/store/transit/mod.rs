@@ -18,6 +18,16 @@
 //!   lowest version that may still sign (a retired version keeps that right for a short grace, so
 //!   that a replica which has not read the record yet is not refused), and versions no longer
 //!   published are trimmed (`min_decryption_version`, then `trim`).
+//! - **The record only moves forward.** Each commit raises the record's `generation`. A record
+//!   that was deleted, rolled back to an older content (a lower `generation` or
+//!   `highest_version`), or read at an older KV version than the last one adopted is never
+//!   adopted: the last good set stays published, nothing is committed, and the store reports the
+//!   refusal (`StoreError::Refused`: `/readyz` answers 503 naming it) until the record is
+//!   restored. An older KV version is what a standby that is behind answers, so a few such reads
+//!   in a row are ignored before they count as a refusal. A store that starts on a deleted or
+//!   rolled-back record serves the newest good version of its history and signs nothing. A new
+//!   key history (no record at all) starts above every version the transit key ever had, so a
+//!   version that was once published never signs again.
 //!
 //! Its calls block on the service's runtime (`Handle::block_on`): call them from
 //! `spawn_blocking`, as the key manager does.
@@ -36,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::runtime::Handle;
 
-use self::vault::{CallError, KeyInfo as TransitKey, StoredRecord, TransitVault};
+use self::vault::{CallError, KeyInfo as TransitKey, RecordRead, StoredRecord, TransitVault};
 use super::{KeyStore, Loaded, StoreError};
 use crate::config::{RsaBits, TransitConfig};
 use crate::keys::{
@@ -55,8 +65,19 @@ struct Record {
     transit_key: String,
     /// The highest version any record named: a new key is always a higher one.
     highest_version: u32,
+    /// Raised by every commit: a record with a lower one is an older record written back.
+    /// (Absent, so 0, in records of earlier releases.)
+    #[serde(default)]
+    generation: u64,
     keys: Vec<RecordKey>,
 }
+
+/// How many KV versions back a store that starts on a deleted record looks for a readable one.
+const HISTORY_LOOKBACK: u64 = 20;
+
+/// How many reads in a row may return an older KV version (a standby that is behind) before it
+/// counts as a refused record.
+const STALE_READS_TOLERATED: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RecordKey {
@@ -122,6 +143,12 @@ pub struct TransitStore {
     versions: HashMap<Kid, u32>,
     /// The record's `highest_version`.
     highest: u32,
+    /// The record's `generation`.
+    generation: u64,
+    /// Why the record as Vault holds it now is not adopted (see the module documentation).
+    refused: Option<String>,
+    /// Reads in a row that returned an older KV version than `cas`.
+    stale_reads: u32,
     /// Versions `create` handed out since the last load or commit.
     pending: Vec<u32>,
     /// The transit key as last read or configured.
@@ -130,6 +157,8 @@ pub struct TransitStore {
     enforce_pending: Option<KeySet>,
     /// Only reads (`keys list`, `token issue`): creates, configures and trims nothing.
     read_only: bool,
+    /// This store created the transit key: none of its versions was ever published.
+    created_key: bool,
     /// The clock of the grace of retired versions (the key manager's own, in tests a fake one).
     clock: Arc<dyn Clock>,
 }
@@ -142,6 +171,27 @@ impl std::fmt::Debug for TransitStore {
             .field("cas", &self.cas)
             .finish()
     }
+}
+
+/// `Err(why)` when `record` is older than a record at `(highest_version, generation)`.
+fn moves_forward_from(
+    record: &Record,
+    (highest, generation): (u32, u64),
+    key: &str,
+) -> Result<(), String> {
+    if record.highest_version < highest {
+        return Err(format!(
+            "was rolled back: it names versions up to {} of {key}, but version {highest} was already published",
+            record.highest_version
+        ));
+    }
+    if record.generation < generation {
+        return Err(format!(
+            "was rolled back: its generation {} is older than generation {generation} already adopted",
+            record.generation
+        ));
+    }
+    Ok(())
 }
 
 fn vault_error(context: &str, e: CallError) -> StoreError {
@@ -190,10 +240,14 @@ impl TransitStore {
             cas: 0,
             versions: HashMap::new(),
             highest: 0,
+            generation: 0,
+            refused: None,
+            stale_reads: 0,
             pending: Vec::new(),
             transit: None,
             enforce_pending: None,
             read_only: false,
+            created_key: false,
             clock: Arc::new(SystemClock),
         })
     }
@@ -227,6 +281,7 @@ impl TransitStore {
             Ok(None) => {
                 self.block_on(self.vault.create_key(&self.key_type))
                     .map_err(|e| vault_error(&format!("create {path}"), e))?;
+                self.created_key = true;
                 tracing::info!(key = %path, r#type = %self.key_type, "created the transit key");
                 self.block_on(self.vault.read_key())
                     .map_err(|e| vault_error(&format!("read {path}"), e))?
@@ -255,10 +310,147 @@ impl TransitStore {
         Ok(key)
     }
 
-    /// The record as Vault holds it now (`None`: none yet).
-    fn read_record(&self) -> Result<Option<StoredRecord>, StoreError> {
+    /// The record as Vault holds it now.
+    fn read_record(&self) -> Result<RecordRead, StoreError> {
         self.block_on(self.vault.read_record())
             .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))
+    }
+
+    /// The record at KV version `version`, if that version is readable.
+    fn read_record_version(&self, version: u64) -> Result<Option<StoredRecord>, StoreError> {
+        self.block_on(self.vault.read_record_version(Some(version)))
+            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))
+    }
+
+    /// No record at all: a new key history, which starts above every version the transit key
+    /// ever had (an earlier history may have published them), unless this store just created it.
+    fn begin_history(&mut self, transit: &TransitKey) -> Loaded {
+        self.cas = 0;
+        self.generation = 0;
+        self.highest = match self.created_key {
+            true => 0,
+            false => transit
+                .versions
+                .keys()
+                .copied()
+                .chain([transit.latest_version])
+                .max()
+                .unwrap_or(0),
+        };
+        self.versions.clear();
+        self.pending.clear();
+        Loaded::default()
+    }
+
+    /// Records `why` as the reason the record is refused, logging it when it is new.
+    fn refuse(&mut self, why: String) -> StoreError {
+        if self.refused.as_deref() != Some(why.as_str()) {
+            tracing::error!(record = %self.vault.record_path(), why = %why, "the key set record did not move forward and is not adopted; the last good key set stays published and nothing is committed until it is restored");
+        }
+        self.refused = Some(why.clone());
+        StoreError::Refused {
+            path: self.vault.record_path().into(),
+            why,
+        }
+    }
+
+    /// The record is readable again at the version this store holds (restored by an operator).
+    fn clear_refusal(&mut self) {
+        self.stale_reads = 0;
+        if self.refused.take().is_some() {
+            tracing::info!(record = %self.vault.record_path(), "the key set record moves forward again");
+        }
+    }
+
+    /// `Err(why)` when `record` is older than the one this store last adopted or wrote.
+    fn moves_forward(&self, record: &Record) -> Result<(), String> {
+        let adopted = (self.highest, self.generation);
+        moves_forward_from(record, adopted, &self.vault.key_path())
+    }
+
+    /// Loads the latest record, unless it is older than the version before it (an older record
+    /// written back): then that earlier version is the last good set, and the record is refused.
+    fn load_present(
+        &mut self,
+        transit: &TransitKey,
+        stored: StoredRecord,
+    ) -> Result<Loaded, StoreError> {
+        let record = self.parse_record(&stored.data)?;
+        let previous = match stored.kv_version {
+            0 | 1 => None,
+            v => self.read_record_version(v - 1)?,
+        };
+        let earlier = previous
+            .as_ref()
+            .and_then(|p| self.parse_record(&p.data).ok());
+        let (Some(previous), Some(earlier)) = (previous, earlier) else {
+            return self.adopt_record(transit, stored);
+        };
+        let adopted = (earlier.highest_version, earlier.generation);
+        let Err(why) = moves_forward_from(&record, adopted, &self.vault.key_path()) else {
+            return self.adopt_record(transit, stored);
+        };
+        let why = format!(
+            "{why} (KV version {}); write the last good version back with `bao kv rollback -mount={} -version={} {}`",
+            stored.kv_version,
+            self.vault.kv_mount(),
+            previous.kv_version,
+            self.vault.kv_path()
+        );
+        let loaded = self.adopt_version(transit, previous, true)?;
+        self.refuse(why);
+        Ok(loaded)
+    }
+
+    /// Loads the newest readable version before `kv_version` (deleted) as the last good set,
+    /// refused for `why`.
+    fn load_history(
+        &mut self,
+        transit: &TransitKey,
+        kv_version: u64,
+        why: String,
+    ) -> Result<Loaded, StoreError> {
+        let oldest = kv_version.saturating_sub(HISTORY_LOOKBACK).max(1);
+        for version in (oldest..kv_version).rev() {
+            if let Some(stored) = self.read_record_version(version)? {
+                let loaded = self.adopt_version(transit, stored, true)?;
+                self.refuse(why);
+                return Ok(loaded);
+            }
+        }
+        Err(StoreError::Refused {
+            path: self.vault.record_path().into(),
+            why: format!(
+                "{why}; no earlier version of it is readable, so which keys still verify unexpired tokens is unknown: restore it before starting"
+            ),
+        })
+    }
+
+    /// A read at an older KV version than the one adopted: a standby that is behind. Ignored a
+    /// few times in a row, then refused.
+    fn stale_read(&mut self, kv_version: u64) -> Result<Option<Loaded>, StoreError> {
+        self.stale_reads += 1;
+        if self.stale_reads <= STALE_READS_TOLERATED {
+            tracing::debug!(
+                read = kv_version,
+                adopted = self.cas,
+                "the key set record was read at an older version (a standby behind?); keeping the newer one"
+            );
+            return Ok(None);
+        }
+        Err(self.refuse(format!(
+            "reads at KV version {kv_version}, older than version {} already adopted, {} times in a row: a Vault node that does not catch up, or the record's history was deleted and written anew",
+            self.cas, self.stale_reads
+        )))
+    }
+
+    /// The message of a deleted record, with the command that restores it.
+    fn deleted_message(&self, kv_version: u64) -> String {
+        format!(
+            "was deleted (KV version {kv_version}); restore it with `bao kv undelete -mount={} -versions={kv_version} {}` (or `vault kv undelete …`)",
+            self.vault.kv_mount(),
+            self.vault.kv_path()
+        )
     }
 
     /// The record `stored`, checked against the transit key and made into a `Loaded`; it becomes
@@ -266,20 +458,28 @@ impl TransitStore {
     fn adopt_record(
         &mut self,
         transit: &TransitKey,
-        stored: Option<StoredRecord>,
+        stored: StoredRecord,
     ) -> Result<Loaded, StoreError> {
-        let Some(stored) = stored else {
-            self.cas = 0;
-            self.highest = 0;
-            self.versions.clear();
-            self.pending.clear();
-            return Ok(Loaded::default());
-        };
+        self.adopt_version(transit, stored, false)
+    }
+
+    /// `adopt_record`, where `from_history` tolerates keys whose version Vault no longer has: an
+    /// earlier version of the record names retired keys that a later one expired and trimmed.
+    fn adopt_version(
+        &mut self,
+        transit: &TransitKey,
+        stored: StoredRecord,
+        from_history: bool,
+    ) -> Result<Loaded, StoreError> {
         let record = self.parse_record(&stored.data)?;
         let mut set = KeySet::default();
         let mut signers = HashMap::new();
         let mut versions = HashMap::new();
         for key in &record.keys {
+            if from_history && !transit.versions.contains_key(&key.version) {
+                tracing::warn!(kid = %key.info.kid, version = key.version, "an earlier version of the key set record names a key version Vault has destroyed since (expired later): left out");
+                continue;
+            }
             let jwk = self.check_version(transit, key)?;
             if key.info.state.has_private_key() {
                 let signer = self.signer(key.version, jwk);
@@ -293,6 +493,7 @@ impl TransitStore {
             .map_err(|e| self.corrupt_record(e.to_string()))?;
         self.cas = stored.kv_version;
         self.highest = record.highest_version;
+        self.generation = record.generation;
         self.versions = versions;
         self.pending.clear();
         Ok(Loaded { set, signers })
@@ -443,15 +644,26 @@ impl TransitStore {
 impl KeyStore for TransitStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let transit = self.read_transit()?;
-        let stored = self.read_record()?;
-        let loaded = self.adopt_record(&transit, stored)?;
-        if !loaded.set.keys.is_empty() {
+        self.refused = None;
+        self.stale_reads = 0;
+        let loaded = match self.read_record()? {
+            RecordRead::Absent => return Ok(self.begin_history(&transit)),
+            RecordRead::Deleted { kv_version } => {
+                let why = self.deleted_message(kv_version);
+                self.load_history(&transit, kv_version, why)?
+            }
+            RecordRead::Present(stored) => self.load_present(&transit, stored)?,
+        };
+        if self.refused.is_none() && !loaded.set.keys.is_empty() {
             self.enforce(&loaded.set, self.clock.now());
         }
         Ok(loaded)
     }
 
     fn create(&mut self) -> Result<Arc<SigningKey>, StoreError> {
+        if let Some(refused) = self.refused() {
+            return Err(refused);
+        }
         let mut transit = match self.transit.clone() {
             Some(t) => t,
             None => self.read_transit()?,
@@ -476,6 +688,9 @@ impl KeyStore for TransitStore {
     }
 
     fn commit(&mut self, set: &KeySet) -> Result<(), StoreError> {
+        if let Some(refused) = self.refused() {
+            return Err(refused);
+        }
         self.pending.clear();
         let mut keys = Vec::with_capacity(set.keys.len());
         for info in &set.keys {
@@ -498,6 +713,7 @@ impl KeyStore for TransitStore {
             issuer: self.issuer.clone(),
             transit_key: self.vault.key_path(),
             highest_version: highest,
+            generation: self.generation + 1,
             keys,
         };
         let data = serde_json::to_value(&record).expect("the record serializes");
@@ -505,6 +721,7 @@ impl KeyStore for TransitStore {
             Ok(kv_version) => {
                 self.cas = kv_version;
                 self.highest = highest;
+                self.generation = record.generation;
                 self.versions.retain(|kid, _| set.contains(kid));
             }
             Err(e) if e.is_cas_mismatch() => return Err(StoreError::Conflict),
@@ -520,22 +737,55 @@ impl KeyStore for TransitStore {
     }
 
     fn refresh(&mut self) -> Result<Option<Loaded>, StoreError> {
-        let stored = self.read_record()?;
-        let kv_version = stored.as_ref().map_or(0, |s| s.kv_version);
-        if kv_version == self.cas {
+        let stored = match self.read_record()? {
+            RecordRead::Present(stored) => stored,
+            RecordRead::Deleted { kv_version } => {
+                return Err(self.refuse(self.deleted_message(kv_version)));
+            }
+            RecordRead::Absent if self.cas == 0 => return Ok(None),
+            RecordRead::Absent => {
+                return Err(self.refuse(
+                    "is gone with its whole history (its KV metadata was deleted): restore it from a backup of Vault; tfe-oidc will not start a new key history under replicas that hold the old one".into(),
+                ));
+            }
+        };
+        if stored.kv_version == self.cas {
+            self.clear_refusal();
             if let Some(set) = self.enforce_pending.take() {
                 self.enforce(&set, self.clock.now());
             }
             return Ok(None);
         }
+        if stored.kv_version < self.cas {
+            return self.stale_read(stored.kv_version);
+        }
+        let record = self.parse_record(&stored.data)?;
+        if let Err(why) = self.moves_forward(&record) {
+            let why = format!(
+                "{why} (KV version {}); write the last good version back with `bao kv rollback -mount={} -version={} {}`",
+                stored.kv_version,
+                self.vault.kv_mount(),
+                self.cas,
+                self.vault.kv_path()
+            );
+            return Err(self.refuse(why));
+        }
         // Only a changed record costs a read of the transit key (its new versions).
         let transit = self.read_transit()?;
         let loaded = self.adopt_record(&transit, stored)?;
+        self.clear_refusal();
         self.enforce_pending = None;
         Ok(Some(loaded))
     }
 
     fn refresh_interval(&self) -> Option<Duration> {
         Some(self.refresh)
+    }
+
+    fn refused(&self) -> Option<StoreError> {
+        self.refused.as_ref().map(|why| StoreError::Refused {
+            path: self.vault.record_path().into(),
+            why: why.clone(),
+        })
     }
 }

@@ -58,6 +58,8 @@ pub struct KeyInfo {
     pub min_available_version: u32,
     pub min_decryption_version: u32,
     pub min_encryption_version: u32,
+    /// The newest version Vault ever made (trimmed or not).
+    pub latest_version: u32,
     /// Every version Vault still holds (not trimmed, not below `min_decryption_version`).
     pub versions: BTreeMap<u32, Version>,
 }
@@ -67,6 +69,17 @@ pub struct KeyInfo {
 pub struct StoredRecord {
     pub data: Value,
     pub kv_version: u64,
+}
+
+/// What the record's KV secret holds now.
+#[derive(Debug, Clone)]
+pub enum RecordRead {
+    /// The latest version, readable.
+    Present(StoredRecord),
+    /// The latest version (`kv_version`) is deleted or destroyed; earlier ones may be readable.
+    Deleted { kv_version: u64 },
+    /// No version was ever written (or the secret's whole history was deleted).
+    Absent,
 }
 
 /// The transit key and the record of one store, through one Vault session.
@@ -98,6 +111,16 @@ impl TransitVault {
     /// `<mount>/keys/<name>`, for messages.
     pub fn key_path(&self) -> String {
         format!("{}/keys/{}", self.mount, self.key)
+    }
+
+    /// The KV mount of the record, for messages.
+    pub fn kv_mount(&self) -> &str {
+        &self.kv_mount
+    }
+
+    /// The record's path inside its KV mount, for messages.
+    pub fn kv_path(&self) -> &str {
+        &self.kv_path
     }
 
     /// `<kv_mount>/data/<kv_path>`, for messages.
@@ -177,9 +200,33 @@ impl TransitVault {
             .map_err(|_| CallError::Answer("the signature is not base64".into()))
     }
 
-    /// The record, or `None` when there is none yet.
-    pub async fn read_record(&self) -> Result<Option<StoredRecord>, CallError> {
-        let secret = match self.read(&self.record_path()).await {
+    /// The record as the secret holds it now. One read while the latest version is readable;
+    /// otherwise the secret's metadata tells a deleted record from one never written.
+    pub async fn read_record(&self) -> Result<RecordRead, CallError> {
+        if let Some(stored) = self.read_record_version(None).await? {
+            return Ok(RecordRead::Present(stored));
+        }
+        let path = format!("{}/metadata/{}", self.kv_mount, self.kv_path);
+        let metadata = match self.read(&path).await {
+            Ok(secret) => secret,
+            Err(e) if e.is_not_found() => return Ok(RecordRead::Absent),
+            Err(e) => return Err(e),
+        };
+        match metadata.data.get("current_version").and_then(Value::as_u64) {
+            None | Some(0) => Ok(RecordRead::Absent),
+            Some(kv_version) => Ok(RecordRead::Deleted { kv_version }),
+        }
+    }
+
+    /// The record at KV version `version` (`None`: the latest), or `None` when that version is
+    /// deleted, destroyed or was never written.
+    pub async fn read_record_version(
+        &self,
+        version: Option<u64>,
+    ) -> Result<Option<StoredRecord>, CallError> {
+        let version = version.map(|v| v.to_string());
+        let query: Vec<(&str, &str)> = version.iter().map(|v| ("version", v.as_str())).collect();
+        let secret = match self.read_with(&self.record_path(), &query).await {
             Ok(secret) => secret,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
@@ -192,7 +239,7 @@ impl TransitVault {
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("no metadata.version: is this mount KV version 2?"))?;
         match secret.data.get("data") {
-            // A deleted (not destroyed) latest version reads as data null: no record.
+            // A deleted (not destroyed) version reads as data null.
             None | Some(Value::Null) => Ok(None),
             Some(data) => Ok(Some(StoredRecord {
                 data: data.clone(),
@@ -216,7 +263,11 @@ impl TransitVault {
     }
 
     async fn read(&self, path: &str) -> Result<Secret, CallError> {
-        self.with_token(|vault, token| async move { vault.read(&token, path, &[]).await })
+        self.read_with(path, &[]).await
+    }
+
+    async fn read_with(&self, path: &str, query: &[(&str, &str)]) -> Result<Secret, CallError> {
+        self.with_token(|vault, token| async move { vault.read(&token, path, query).await })
             .await
     }
 
@@ -284,6 +335,7 @@ fn parse_key(secret: &Secret) -> Result<KeyInfo, CallError> {
         min_available_version: number("min_available_version")?,
         min_decryption_version: number("min_decryption_version")?,
         min_encryption_version: number("min_encryption_version")?,
+        latest_version: number("latest_version")?,
         versions,
     })
 }
