@@ -73,7 +73,7 @@ pub fn describe(c: &Config) -> String {
         super::StoreKind::File => lines.push("keys.store = \"file\"".to_owned()),
         super::StoreKind::VaultTransit(v) => {
             lines.push("keys.store = \"vault-transit\"".to_owned());
-            lines.push(format!("keys.vault.addr = {:?}", v.addr));
+            lines.push(format!("keys.vault.addr = {:?}", v.addrs));
             lines.push(format!(
                 "keys.vault.namespace = {}",
                 v.namespace

@@ -218,6 +218,8 @@ fn check_unknown_keys(table: &Table, prefix: &str, problems: &mut Vec<Problem>) 
 pub(super) fn from_toml(value: &Value, kind: Kind) -> Result<RawValue, ValueError> {
     match (kind, value) {
         (Kind::Str, Value::String(s)) => Ok(RawValue::Str(s.clone())),
+        // A list of one may be written as its item.
+        (Kind::StrList, Value::String(s)) => Ok(RawValue::StrList(vec![s.clone()])),
         (Kind::Duration | Kind::Size, Value::String(s)) => from_env(s, kind),
         (Kind::Int, Value::Integer(n)) => Ok(RawValue::Int(*n)),
         (Kind::Bool, Value::Boolean(b)) => Ok(RawValue::Bool(*b)),

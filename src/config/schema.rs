@@ -287,7 +287,7 @@ impl Key {
                 Kind::Duration,
             ),
             Key::KeysVault(key) => match key {
-                VaultKey::Addr => ("keys.vault.addr", "TFE_OIDC_KEYS_VAULT_ADDR", Kind::Str),
+                VaultKey::Addr => ("keys.vault.addr", "TFE_OIDC_KEYS_VAULT_ADDR", Kind::StrList),
                 VaultKey::Namespace => (
                     "keys.vault.namespace",
                     "TFE_OIDC_KEYS_VAULT_NAMESPACE",

@@ -86,8 +86,9 @@ pub fn path(text: &str, what: &str) -> Result<String, String> {
 /// `[keys.vault]`: where the Vault transit store keeps its keys and its lifecycle record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransitConfig {
-    /// `scheme://host[:port]`, without a trailing slash.
-    pub addr: String,
+    /// `scheme://host[:port]` of each node (or balancer) of one Vault cluster, without a trailing
+    /// slash, tried in this order; never empty.
+    pub addrs: Vec<String>,
     pub namespace: Option<String>,
     pub ca_file: Option<PathBuf>,
     /// The transit mount: `transit`.
@@ -109,8 +110,18 @@ pub struct TransitConfig {
 pub(super) fn transit(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TransitConfig> {
     let at = |key| Key::KeysVault(key);
     let before = problems.len();
-    let addr = match raw.str(at(VaultKey::Addr)) {
-        Some(text) => addr(text)
+    let addrs = match raw.list(at(VaultKey::Addr)) {
+        Some([]) => {
+            problems.push(Problem::at(
+                at(VaultKey::Addr),
+                "names no address: give one, or several nodes of one cluster",
+            ));
+            None
+        }
+        Some(list) => list
+            .iter()
+            .map(|text| addr(text))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|why| problems.push(Problem::at(at(VaultKey::Addr), why)))
             .ok(),
         None => {
@@ -171,7 +182,7 @@ pub(super) fn transit(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TransitC
         return None;
     }
     Some(TransitConfig {
-        addr: addr?,
+        addrs: addrs?,
         namespace: owned(VaultKey::Namespace).filter(|n| !n.is_empty()),
         ca_file: owned(VaultKey::CaFile).map(PathBuf::from),
         mount: mount?,
@@ -205,13 +216,37 @@ mod tests {
     }
 
     #[test]
+    fn the_transit_store_takes_the_nodes_of_a_cluster() {
+        let text = "[keys]\nstore = \"vault-transit\"\n[keys.vault]\naddr = [\"https://v1:8200\", \"https://v2:8200/\"]\ntoken_file = \"t\"\n";
+        let config = Config::from_parts(text, &[], None).unwrap();
+        let StoreKind::VaultTransit(t) = config.keys.store else {
+            panic!("not the transit store")
+        };
+        assert_eq!(t.addrs, ["https://v1:8200", "https://v2:8200"]);
+        let env = [(
+            "TFE_OIDC_KEYS_VAULT_ADDR".to_owned(),
+            "https://a:8200, https://b:8200".to_owned(),
+        )];
+        let text = "[keys]\nstore = \"vault-transit\"\n[keys.vault]\ntoken_file = \"t\"\n";
+        let config = Config::from_parts(text, &env, None).unwrap();
+        let StoreKind::VaultTransit(t) = config.keys.store else {
+            panic!("not the transit store")
+        };
+        assert_eq!(t.addrs, ["https://a:8200", "https://b:8200"]);
+        let bad = problems(
+            "[keys]\nstore = \"vault-transit\"\n[keys.vault]\naddr = []\ntoken_file = \"t\"\n",
+        );
+        assert!(bad[0].contains("names no address"), "{bad:?}");
+    }
+
+    #[test]
     fn the_transit_store_reads_its_section_with_defaults() {
         let text = "[keys]\nstore = \"vault-transit\"\n[keys.vault]\naddr = \"https://v:8200/\"\nrole_id = \"r\"\nsecret_id_file = \"s\"\n";
         let config = Config::from_parts(text, &[], None).unwrap();
         let StoreKind::VaultTransit(t) = config.keys.store else {
             panic!("not the transit store")
         };
-        assert_eq!(t.addr, "https://v:8200");
+        assert_eq!(t.addrs, ["https://v:8200"]);
         assert_eq!((t.mount.as_str(), t.key.as_str()), ("transit", "tfe-oidc"));
         assert_eq!(
             (t.kv_mount.as_str(), t.kv_path.as_str()),

@@ -29,6 +29,7 @@
 //! What the service needs of Vault is six calls; they are written here on the reqwest client
 //! the service already uses.
 
+mod consistency;
 mod pool;
 mod response;
 mod session;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use consistency::Consistency;
 pub use pool::{VaultClients, build as http_client, roots_from_pem};
 pub use response::{Auth, Secret};
 pub use session::{Session, SessionError};
@@ -87,6 +89,19 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// Whether the node, not the request, failed: unreachable, too slow, sealed or without a
+    /// leader (5xx), overloaded or not yet caught up (429), or a redirect (a standby that does not
+    /// forward). Another node of the same cluster may answer.
+    pub fn is_node_failure(&self) -> bool {
+        match self {
+            VaultError::Connect(_) | VaultError::Timeout(_) => true,
+            VaultError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || (300..400).contains(status)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether Vault refused the token itself: 403 `permission denied` (a revoked or unknown
     /// token) or 400 `bad token`.
     pub fn is_bad_token(&self) -> bool {
@@ -150,11 +165,20 @@ impl fmt::Debug for Endpoint {
 pub struct Vault {
     http: reqwest::Client,
     endpoint: Endpoint,
+    /// Read-your-writes across a cluster's nodes, for callers that ask for it.
+    consistency: Option<std::sync::Arc<Consistency>>,
 }
 
 impl Vault {
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// The same endpoint, where every call asks a standby that has not yet applied what this
+    /// client (or any sharing `consistency`) saw to forward the call to the active node.
+    pub fn with_consistency(mut self, consistency: std::sync::Arc<Consistency>) -> Vault {
+        self.consistency = Some(consistency);
+        self
     }
 
     /// `POST /v1/auth/<auth_path>/login {"role", "jwt"}`: the new token's `auth` block.
@@ -255,6 +279,9 @@ impl Vault {
         if let Some(namespace) = &self.endpoint.namespace {
             request = request.header("X-Vault-Namespace", namespace);
         }
+        if let Some(consistency) = &self.consistency {
+            request = consistency.on_request(request);
+        }
         request
     }
 
@@ -265,6 +292,9 @@ impl Vault {
     ) -> Result<Option<response::Envelope>, VaultError> {
         let timeout = self.endpoint.timeout;
         let response = request.send().await.map_err(|e| transport(e, timeout))?;
+        if let Some(consistency) = &self.consistency {
+            consistency.on_response(response.headers());
+        }
         let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|e| transport(e, timeout))?;
         response::classify(status, &bytes)

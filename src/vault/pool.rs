@@ -66,6 +66,7 @@ impl VaultClients {
         Ok(Vault {
             http,
             endpoint: endpoint.clone(),
+            consistency: None,
         })
     }
 

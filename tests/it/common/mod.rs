@@ -18,6 +18,7 @@ use tfe_oidc::service::{self, Running};
 
 pub mod bao;
 pub mod process;
+pub mod raft;
 pub mod raw;
 
 /// Installs aws-lc-rs as the process's rustls provider (reqwest is built without one).

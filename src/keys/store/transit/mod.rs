@@ -52,7 +52,7 @@ use crate::config::{RsaBits, TransitConfig};
 use crate::keys::{
     Clock, KeyInfo, KeySet, KeyState, Kid, PublicJwk, SignError, SigningKey, SystemClock, UnixTime,
 };
-use crate::vault::{Endpoint, Session, VaultClients};
+use crate::vault::{Consistency, Endpoint, Session, VaultClients};
 
 const FORMAT: u32 = 1;
 
@@ -213,18 +213,24 @@ impl TransitStore {
             })?),
             None => None,
         };
-        let endpoint = Endpoint {
-            address: config.addr.clone(),
-            namespace: config.namespace.clone(),
-            ca_pem,
-            timeout: config.timeout,
-        };
-        let client = VaultClients::new()
-            .connect(&endpoint)
-            .map_err(|e| StoreError::Vault(format!("keys.vault: {e}")))?;
-        let session = Session::new(client, config.auth.clone());
+        // One session per node of the cluster, all asking for read-your-writes on one index.
+        let (clients, consistency) = (VaultClients::new(), Arc::new(Consistency::new()));
+        let mut sessions = Vec::with_capacity(config.addrs.len());
+        for address in &config.addrs {
+            let endpoint = Endpoint {
+                address: address.clone(),
+                namespace: config.namespace.clone(),
+                ca_pem: ca_pem.clone(),
+                timeout: config.timeout,
+            };
+            let client = clients
+                .connect(&endpoint)
+                .map_err(|e| StoreError::Vault(format!("keys.vault: {e}")))?
+                .with_consistency(Arc::clone(&consistency));
+            sessions.push(Session::new(client, config.auth.clone()));
+        }
         let vault = TransitVault::new(
-            session,
+            sessions,
             &config.mount,
             &config.key,
             &config.kv_mount,

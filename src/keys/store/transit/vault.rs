@@ -3,9 +3,16 @@
 //! KV version 2 secret read and written with check-and-set.
 //!
 //! Every call takes the session's token; a token Vault refused is dropped and the call is made once
-//! more with a new one.
+//! more with a new one. With several addresses (the nodes of one cluster), a call that finds its
+//! node unreachable, sealed, without a leader or redirecting (a standby that does not forward) is
+//! made again on the next node, and the node that answered is tried first from then on. Every call
+//! is safe to repeat: reads, configuration and trim are idempotent, a repeated rotation leaves an
+//! unused version (the next `create` takes it), a repeated signature is another valid signature,
+//! and the record is written with check-and-set, so a write that landed before its answer was lost
+//! is seen as a conflict and read back.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -34,6 +41,14 @@ impl CallError {
             self,
             CallError::Vault(VaultError::Status { status: 404, .. })
         )
+    }
+
+    /// Whether the node, not the request, failed (`VaultError::is_node_failure`).
+    pub fn is_node_failure(&self) -> bool {
+        match self {
+            CallError::Vault(e) | CallError::Session(SessionError::Login(e)) => e.is_node_failure(),
+            _ => false,
+        }
     }
 
     /// Whether a KV write was refused because the record changed since it was read.
@@ -82,9 +97,11 @@ pub enum RecordRead {
     Absent,
 }
 
-/// The transit key and the record of one store, through one Vault session.
+/// The transit key and the record of one store, through one Vault session per node.
 pub struct TransitVault {
-    session: Session,
+    sessions: Vec<Session>,
+    /// The node tried first: the last one that answered.
+    preferred: AtomicUsize,
     mount: String,
     key: String,
     kv_mount: String,
@@ -93,14 +110,19 @@ pub struct TransitVault {
 
 impl TransitVault {
     pub fn new(
-        session: Session,
+        sessions: Vec<Session>,
         mount: &str,
         key: &str,
         kv_mount: &str,
         kv_path: &str,
     ) -> TransitVault {
+        assert!(
+            !sessions.is_empty(),
+            "a transit store needs a Vault address"
+        );
         TransitVault {
-            session,
+            sessions,
+            preferred: AtomicUsize::new(0),
             mount: mount.to_owned(),
             key: key.to_owned(),
             kv_mount: kv_mount.to_owned(),
@@ -276,17 +298,44 @@ impl TransitVault {
             .await
     }
 
-    /// Makes `call` with the session's token, and once more with a new token if Vault refused it.
+    /// Makes `call` on the preferred node, then on each other node in turn while the node is
+    /// what failed (see the module documentation).
     async fn with_token<'a, T, F, Fut>(&'a self, call: F) -> Result<T, CallError>
     where
         F: Fn(&'a crate::vault::Vault, VaultToken) -> Fut,
         Fut: std::future::Future<Output = Result<T, VaultError>>,
     {
-        let token = self.session.token().await?;
-        match call(self.session.vault(), token).await {
-            Err(e) if self.session.refused(&e) => {
-                let token = self.session.token().await?;
-                Ok(call(self.session.vault(), token).await?)
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for n in 0..self.sessions.len() {
+            let i = (first + n) % self.sessions.len();
+            match self.on_node(&self.sessions[i], &call).await {
+                Err(e) if e.is_node_failure() && n + 1 < self.sessions.len() => {
+                    tracing::debug!(node = %self.sessions[i].vault().endpoint().address, error = %e, "vault node failed; trying the next one");
+                    last = Some(e);
+                }
+                other => {
+                    if other.as_ref().is_ok_and(|_| i != first) {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(last.expect("at least one node was tried"))
+    }
+
+    /// Makes `call` with the session's token, and once more with a new token if Vault refused it.
+    async fn on_node<'a, T, F, Fut>(&self, session: &'a Session, call: &F) -> Result<T, CallError>
+    where
+        F: Fn(&'a crate::vault::Vault, VaultToken) -> Fut,
+        Fut: std::future::Future<Output = Result<T, VaultError>>,
+    {
+        let token = session.token().await?;
+        match call(session.vault(), token).await {
+            Err(e) if session.refused(&e) => {
+                let token = session.token().await?;
+                Ok(call(session.vault(), token).await?)
             }
             other => Ok(other?),
         }
