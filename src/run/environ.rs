@@ -39,9 +39,6 @@ const SECTIONS: [&str; 4] = ["vault", "aws", "gcp", "azure"];
 /// `VAULT_<X>`/`BAO_<X>` settings that change neither where a CLI connects nor who it is.
 const KEPT_CLI_SETTINGS: [&str; 4] = ["FORMAT", "CLI_NO_COLOR", "CLIENT_TIMEOUT", "MAX_RETRIES"];
 
-/// The Vault connection settings `run` sets from the run's default Vault configuration.
-const VAULT_SETTINGS: [&str; 4] = ["ADDR", "TOKEN", "NAMESPACE", "CACERT"];
-
 /// Why the answer is refused, or nothing.
 pub fn check_answer(answer: &Value) -> Result<(), String> {
     for (name, value) in answer["env"].as_object().into_iter().flatten() {
@@ -92,9 +89,10 @@ fn shown(name: &str) -> String {
     format!("{cut:?}")
 }
 
-/// COMMAND's whole environment: `inherited` without `TFE_OIDC_RUN_*` and the Vault CLI settings,
-/// then `set` (the answer's `env`, the `TF_VAR_`s and file paths), then the Vault settings
-/// mirrored under `BAO_`. `vault_ca` is the default Vault configuration's CA file, if any.
+/// COMMAND's whole environment: `inherited` without `TFE_OIDC_RUN_*` and the Vault CLI
+/// settings, then `set` (the answer's `env`, checked by `check_answer`, the `TF_VAR_`s and file
+/// paths), its `VAULT_*` (address, token, namespace) and `vault_ca` (the default Vault
+/// configuration's CA file, if any) each set under both `VAULT_` and `BAO_`.
 pub fn for_command(
     inherited: impl Iterator<Item = (OsString, OsString)>,
     set: &[(String, String)],
@@ -112,10 +110,7 @@ pub fn for_command(
     if let Some(ca) = vault_ca.filter(|_| has_vault) {
         vault.push(("CACERT".to_owned(), ca.to_owned()));
     }
-    for (setting, value) in vault
-        .into_iter()
-        .filter(|(s, _)| VAULT_SETTINGS.contains(&s.as_str()))
-    {
+    for (setting, value) in vault {
         for prefix in ["VAULT_", "BAO_"] {
             env.push((format!("{prefix}{setting}").into(), value.clone().into()));
         }
@@ -123,19 +118,19 @@ pub fn for_command(
     env
 }
 
-/// Whether an inherited variable may reach COMMAND.
+/// Whether an inherited variable may reach COMMAND (names compared as bytes: a name that is
+/// not UTF-8 is judged by the same prefixes).
 fn kept(name: &OsStr) -> bool {
-    let Some(name) = name.to_str() else {
-        return true;
-    };
-    if name.starts_with("TFE_OIDC_RUN_") {
+    use std::os::unix::ffi::OsStrExt;
+    let name = name.as_bytes();
+    if name.starts_with(b"TFE_OIDC_RUN_") {
         return false;
     }
     match name
-        .strip_prefix("VAULT_")
-        .or_else(|| name.strip_prefix("BAO_"))
+        .strip_prefix(b"VAULT_")
+        .or_else(|| name.strip_prefix(b"BAO_"))
     {
-        Some(setting) => KEPT_CLI_SETTINGS.contains(&setting),
+        Some(setting) => KEPT_CLI_SETTINGS.iter().any(|k| k.as_bytes() == setting),
         None => true,
     }
 }

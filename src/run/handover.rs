@@ -19,7 +19,7 @@ use super::RunError;
 
 /// The largest credential accepted: a static API token is about 50 bytes, an upstream OIDC token
 /// a few KiB.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// An API bearer token. Its `Debug` never shows it.
 pub struct ApiToken(String);

@@ -30,7 +30,7 @@ use serde_json::Value;
 pub use api::ApiClient;
 pub use child::Signals;
 pub use files::temp_base;
-pub use handover::{ApiToken, MAX_TOKEN_BYTES, harden};
+pub use handover::{ApiToken, harden};
 
 /// Everything `run` needs, parsed from its flags.
 pub struct RunOptions {
