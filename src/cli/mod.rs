@@ -1,6 +1,7 @@
 //! The commands of docs/reference.md §1: parsing, dispatch and exit statuses (0 success, 1 failure, 64 bad
-//! usage or configuration; `run` adds 69, 73, 77, 126 and 127 for what stops it before COMMAND, and
-//! otherwise exits with COMMAND's status). Each command is a short function over the library.
+//! usage or configuration; `run` adds 69, 73, 76, 77, 126 and 127 for what stops it before COMMAND,
+//! 70 when COMMAND succeeded but its credentials could not be revoked, and otherwise exits with
+//! COMMAND's status). Each command is a short function over the library.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,8 +32,12 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
 /// `run`: the API cannot be reached or failed, or Vault failed during the exchange.
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// `run`: COMMAND exited 0 but the run's Vault tokens could not be revoked.
+pub const EXIT_NOT_REVOKED: u8 = 70;
 /// `run`: the credential files cannot be written.
 pub const EXIT_CANT_CREATE: u8 = 73;
+/// `run`: the API answered with something `run` refuses to pass on.
+pub const EXIT_PROTOCOL: u8 = 76;
 /// `run`: the API refused the caller's token or the Vault address.
 pub const EXIT_NO_PERMISSION: u8 = 77;
 /// `run`: COMMAND exists but cannot be executed.
@@ -271,6 +276,8 @@ impl From<RunError> for Failure {
             RunError::Unavailable(_) | RunError::Vault(_) => EXIT_UNAVAILABLE,
             RunError::Refused { .. } => EXIT_NO_PERMISSION,
             RunError::Files(_) => EXIT_CANT_CREATE,
+            RunError::Answer(_) => EXIT_PROTOCOL,
+            RunError::NotRevoked(_) => EXIT_NOT_REVOKED,
             RunError::Spawn { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
                 _ => EXIT_NOT_EXECUTABLE,

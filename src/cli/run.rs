@@ -1,7 +1,8 @@
 //! `tfe-oidc run [options] -- COMMAND [ARGS...]`: the flags, and the hand-over to `crate::run`.
 //!
 //! Each flag may come from the environment variable its `--help` names, so that a runner can
-//! set the run context once and wrap every phase's command the same way.
+//! set the run context once and wrap every phase's command the same way. None of these variables
+//! reaches COMMAND.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,16 +10,22 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{Failure, runtime};
-use crate::run::{ApiClient, ApiToken, RunOptions, Signals, execute, variables};
+use crate::run::{ApiClient, ApiToken, RunOptions, Signals, execute, harden, temp_base, variables};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The tfe-oidc API listener, e.g. https://tfe-oidc.internal:8443.
     #[arg(long, env = "TFE_OIDC_RUN_API")]
     pub api: String,
-    /// A file whose first line is an API token with the credentials scope (never printed).
+    /// The caller's credential: a file holding an API token with the credentials scope or an
+    /// upstream OIDC token, `-` for standard input, or `/dev/fd/N`; a descriptor is closed
+    /// before COMMAND starts (never printed).
     #[arg(long, env = "TFE_OIDC_RUN_API_TOKEN_FILE")]
     pub api_token_file: PathBuf,
+    /// Allow a plain http:// --api that is not loopback (the token and the credentials then
+    /// cross the network in clear).
+    #[arg(long, env = "TFE_OIDC_RUN_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
     /// PEM CA certificate(s) of the API listener (default: this host's trust store).
     #[arg(long, env = "TFE_OIDC_RUN_API_CA_FILE")]
     pub api_ca_file: Option<PathBuf>,
@@ -67,16 +74,9 @@ fn read(flag: &str, path: &PathBuf) -> Result<Vec<u8>, Failure> {
 }
 
 pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
-    let token_text = read("--api-token-file", &args.api_token_file)?;
-    let token = std::str::from_utf8(&token_text)
-        .ok()
-        .and_then(ApiToken::from_file_text)
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "--api-token-file {}: holds no token: put the API token on its first line",
-                args.api_token_file.display()
-            ))
-        })?;
+    harden();
+    let token = ApiToken::read(&args.api_token_file)?;
+    let tmp = temp_base(std::env::var_os("TMPDIR")).map_err(Failure::usage)?;
     let ca = match &args.api_ca_file {
         Some(path) => Some(read("--api-ca-file", path)?),
         None => None,
@@ -85,11 +85,12 @@ pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
     runtime()?.block_on(async {
         let signals =
             Signals::new().map_err(|e| Failure::failed(format!("cannot handle signals: {e}")))?;
-        let api = ApiClient::new(&args.api, token, ca.as_deref())?;
+        let api = ApiClient::new(&args.api, token, ca.as_deref(), args.allow_insecure_http)?;
         let options = RunOptions {
             api,
             run: args.run_body(),
             command: args.command,
+            tmp,
         };
         Ok(execute(options, variables, signals).await?)
     })

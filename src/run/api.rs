@@ -1,28 +1,12 @@
 //! The tfe-oidc API as `run` calls it: `POST /v1/credentials` and `POST /v1/credentials/revoke`,
 //! with the bearer token of a caller that has the `credentials` scope.
 
-use std::fmt;
+use std::net::IpAddr;
 
 use serde_json::Value;
 
 use super::RunError;
-
-/// An API bearer token. Its `Debug` never shows it.
-pub struct ApiToken(String);
-
-impl ApiToken {
-    /// The first non-empty line of a token file.
-    pub fn from_file_text(text: &str) -> Option<ApiToken> {
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-        Some(ApiToken(line.to_owned()))
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+use super::handover::ApiToken;
 
 /// A client of one tfe-oidc API listener.
 #[derive(Debug)]
@@ -33,8 +17,15 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client for `base` (`http(s)://host:port`), trusting `ca_pem` when given.
-    pub fn new(base: &str, token: ApiToken, ca_pem: Option<&[u8]>) -> Result<ApiClient, RunError> {
+    /// A client for `base` (`http(s)://host:port`), trusting `ca_pem` when given. Plain
+    /// `http://` is refused off loopback unless `allow_insecure_http`: the bearer token and the
+    /// credentials would cross the network in clear.
+    pub fn new(
+        base: &str,
+        token: ApiToken,
+        ca_pem: Option<&[u8]>,
+        allow_insecure_http: bool,
+    ) -> Result<ApiClient, RunError> {
         let base = reqwest::Url::parse(base)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -43,6 +34,11 @@ impl ApiClient {
                     "--api {base:?} is not an http(s) URL such as https://tfe-oidc.internal:8443"
                 ))
             })?;
+        if base.scheme() == "http" && !allow_insecure_http && !is_loopback(&base) {
+            return Err(RunError::Usage(format!(
+                "--api {base}: plain http off loopback would send the API token and the credentials in clear: use https://, or pass --allow-insecure-http on a network you trust"
+            )));
+        }
         let http = crate::vault::http_client(ca_pem)
             .map_err(|e| RunError::Usage(format!("--api-ca-file: {e}")))?;
         Ok(ApiClient { http, base, token })
@@ -63,7 +59,7 @@ impl ApiClient {
         let response = self
             .http
             .post(url.clone())
-            .bearer_auth(&self.token.0)
+            .bearer_auth(self.token.secret())
             .timeout(std::time::Duration::from_secs(600))
             .json(body)
             .send()
@@ -76,6 +72,14 @@ impl ApiClient {
             _ => Err(api_error(status, &answer)),
         }
     }
+}
+
+/// Whether the URL's host is `localhost` or a loopback address.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The error of a non-200 answer `{"error", "message", "field"}`.
@@ -115,11 +119,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_file_takes_the_first_line_and_hides_it() {
-        let token = ApiToken::from_file_text("\n  tfeoidc_abc  \nx\n").unwrap();
-        assert_eq!(token.0, "tfeoidc_abc");
-        assert_eq!(format!("{token:?}"), "<redacted>");
-        assert!(ApiToken::from_file_text(" \n").is_none());
+    fn plain_http_is_refused_off_loopback_unless_allowed() {
+        let token = || ApiToken::for_tests("t");
+        for ok in [
+            "http://127.0.0.1:9443",
+            "http://[::1]:9443",
+            "http://localhost:1",
+            "https://tfe-oidc.internal",
+        ] {
+            assert!(ApiClient::new(ok, token(), None, false).is_ok(), "{ok}");
+        }
+        let e = ApiClient::new("http://tfe-oidc.internal:9443", token(), None, false).unwrap_err();
+        assert!(e.to_string().contains("--allow-insecure-http"), "{e}");
+        assert!(ApiClient::new("http://tfe-oidc.internal:9443", token(), None, true).is_ok());
     }
 
     #[test]

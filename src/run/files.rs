@@ -1,7 +1,8 @@
 //! The private directory of one run and what goes in it: what TFE's agent writes for
 //! Vault-backed dynamic credentials, and the environment that points at it.
 //!
-//! The directory is `$TMPDIR/tfe-oidc-run-<random>`, made with `mkdir` (which fails when the
+//! The directory is `$TMPDIR/tfe-oidc-run-<random>` (`/tmp` without `TMPDIR`; an empty or
+//! relative `TMPDIR` is refused, since it would put the credentials under the working directory), made with `mkdir` (which fails when the
 //! name exists) at mode 0700; each file is made with `O_CREAT|O_EXCL` at mode 0600. Files of the
 //! default configuration are `<kind>`, those of a tagged one `<kind>.<TAG>` (a tag holds no `.`).
 //!
@@ -18,8 +19,9 @@
 //!   `client_id_file_path` and `client_secret_file_path`.
 //!
 //! The exchange's `env` (the default configurations' `VAULT_*`, AWS, GCP and Azure variables and
-//! the `TFC_WORKLOAD_IDENTITY_TOKEN*`) is passed on as it is.
+//! the `TFC_WORKLOAD_IDENTITY_TOKEN*`), checked by `environ`, is passed on as it is.
 
+use std::ffi::OsString;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -32,10 +34,22 @@ pub struct PrivateDir {
     path: PathBuf,
 }
 
+/// Where the private directory goes: `TMPDIR` when it is absolute, `/tmp` when it is unset.
+pub fn temp_base(tmpdir: Option<OsString>) -> Result<PathBuf, String> {
+    match tmpdir {
+        None => Ok(PathBuf::from("/tmp")),
+        Some(dir) if Path::new(&dir).is_absolute() => Ok(PathBuf::from(dir)),
+        Some(dir) => Err(format!(
+            "TMPDIR {dir:?} is not an absolute path, and run writes the credential files under it: set it to an absolute directory such as /tmp, or unset it"
+        )),
+    }
+}
+
 impl PrivateDir {
-    pub fn create() -> io::Result<PrivateDir> {
+    /// A new private directory under `base` (an absolute path).
+    pub fn create(base: &Path) -> io::Result<PrivateDir> {
         let name = format!("tfe-oidc-run-{}", uuid::Uuid::new_v4().simple());
-        let path = std::env::temp_dir().join(name);
+        let path = base.join(name);
         DirBuilder::new().mode(0o700).create(&path)?;
         Ok(PrivateDir { path })
     }
@@ -57,7 +71,10 @@ impl PrivateDir {
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!(
+            // Not eprintln!: after a SIGHUP the terminal may be gone, and a panic here would
+            // skip the revocation.
+            let _ = writeln!(
+                io::stderr(),
                 "tfe-oidc: cannot remove {}: {e}: delete it, it holds credentials",
                 self.path.display()
             );
@@ -65,8 +82,16 @@ impl Drop for PrivateDir {
     }
 }
 
-/// The environment for COMMAND: the exchange's `env`, the `TF_VAR_`s and the file paths.
-pub fn write_all(dir: &PrivateDir, answer: &Value) -> io::Result<Vec<(String, String)>> {
+/// What COMMAND is given besides its inherited environment.
+pub struct Written {
+    /// The exchange's `env`, the `TF_VAR_`s and the file paths.
+    pub env: Vec<(String, String)>,
+    /// The default Vault configuration's CA file, when it has one.
+    pub vault_ca: Option<String>,
+}
+
+/// Writes every credential file of `answer` into `dir`.
+pub fn write_all(dir: &PrivateDir, answer: &Value) -> io::Result<Written> {
     let mut env: Vec<(String, String)> = answer["env"]
         .as_object()
         .into_iter()
@@ -76,10 +101,11 @@ pub fn write_all(dir: &PrivateDir, answer: &Value) -> io::Result<Vec<(String, St
     let mut tf_var = |name: &str, value: Value| {
         env.push((format!("TF_VAR_{name}"), value.to_string()));
     };
-    tf_var(
-        "tfc_vault_dynamic_credentials",
-        section(&answer["vault"], |n, e| vault(dir, n, e))?,
-    );
+    let vault_section = section(&answer["vault"], |n, e| vault(dir, n, e))?;
+    let vault_ca = vault_section["default"]["ca_cert_file"]
+        .as_str()
+        .map(str::to_owned);
+    tf_var("tfc_vault_dynamic_credentials", vault_section);
     let aws = section(&answer["aws"], |n, e| aws(dir, n, e, &answer["aws"]))?;
     let aws_file = aws["default"]["shared_credentials_file"].as_str();
     let aws_file = aws_file.map(|f| ("AWS_SHARED_CREDENTIALS_FILE".to_owned(), f.to_owned()));
@@ -96,7 +122,7 @@ pub fn write_all(dir: &PrivateDir, answer: &Value) -> io::Result<Vec<(String, St
         tf_var("tfc_vault_backed_azure_dynamic_credentials", azure);
     }
     env.extend(aws_file);
-    Ok(env)
+    Ok(Written { env, vault_ca })
 }
 
 /// `{"default", "aliases"}` of a response section, each entry turned into its variable entry.
@@ -210,7 +236,7 @@ mod tests {
 
     #[test]
     fn files_are_private_and_gone_after_drop() {
-        let dir = PrivateDir::create().unwrap();
+        let dir = PrivateDir::create(&std::env::temp_dir()).unwrap();
         let answer = json!({
             "vault": {"default": {"address": "http://v:8200", "namespace": null, "token": "t1"},
                       "aliases": {"B": {"address": "http://v:8200", "namespace": "ns", "token": "t2", "ca_cert": "PEM"}}},
@@ -219,7 +245,12 @@ mod tests {
             "env": {"VAULT_TOKEN": "t1"},
             "not_before": 0
         });
-        let env = write_all(&dir, &answer).unwrap();
+        let written = write_all(&dir, &answer).unwrap();
+        assert!(
+            written.vault_ca.is_none(),
+            "the default configuration has no CA"
+        );
+        let env = written.env;
         let path = dir.path.clone();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -246,5 +277,18 @@ mod tests {
         assert!(get("TF_VAR_tfc_vault_backed_gcp_dynamic_credentials").is_none());
         drop(dir);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn tmpdir_must_be_absolute() {
+        assert_eq!(temp_base(None).unwrap(), PathBuf::from("/tmp"));
+        assert_eq!(
+            temp_base(Some("/var/tmp".into())).unwrap(),
+            PathBuf::from("/var/tmp")
+        );
+        for bad in ["", "tmp", "./tmp"] {
+            let e = temp_base(Some(bad.into())).unwrap_err();
+            assert!(e.contains("not an absolute path"), "{e}");
+        }
     }
 }

@@ -59,6 +59,9 @@ fn json_document(
         Err(e) => {
             let fix = match e {
                 FetchError::ClientCertificate => CLIENT_CERTIFICATE_FIX,
+                FetchError::SpeaksTls => {
+                    "the discovery listener serves TLS (discovery.tls_cert): write the issuer with https://, here and in Vault's oidc_discovery_url and bound_issuer"
+                }
                 _ => {
                     "check that this address and port are tfe-oidc's discovery listener and that it runs"
                 }

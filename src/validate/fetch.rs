@@ -41,6 +41,9 @@ pub enum FetchError {
     TooLarge,
     #[error("broken HTTP answer: {0}")]
     Http(String),
+    /// A plain HTTP request got a TLS record back.
+    #[error("this port speaks TLS: use https://")]
+    SpeaksTls,
 }
 
 /// `GET path` on `conn` with `Host: authority`.

@@ -146,7 +146,13 @@ async fn fetch_discovery(
 ) -> Option<String> {
     let target = &dialer.target;
     let path = target.discovery_path();
-    let answer = fetch::get(conn, &target.authority, &path, options.timeout).await;
+    let mut answer = fetch::get(conn, &target.authority, &path, options.timeout).await;
+    if !target.https
+        && matches!(answer, Err(FetchError::Http(_) | FetchError::Closed))
+        && dialer.speaks_tls().await
+    {
+        answer = Err(FetchError::SpeaksTls);
+    }
     let jwks_path = documents::check_discovery(answer.as_ref(), &options.issuer, target, report);
     match &answer {
         Ok(answer) => report.push(clock::check(answer)),

@@ -169,6 +169,22 @@ impl Dialer {
         self.secure(tcp).await
     }
 
+    /// Whether the listener answers a plain HTTP request with a TLS record (an alert or a
+    /// handshake: content type 21 or 22, version 3.x), which is what a TLS port does; asked
+    /// when a plain `http://` exchange failed, to name the cause.
+    pub async fn speaks_tls(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let probe = async {
+            let (mut tcp, _) = connect(&[self.addr], self.timeout).await.ok()?;
+            tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut head = [0u8; 2];
+            tcp.read_exact(&mut head).await.ok()?;
+            Some(matches!(head, [21 | 22, 3]))
+        };
+        let answered = tokio::time::timeout(self.timeout, probe).await;
+        answered.ok().flatten().unwrap_or(false)
+    }
+
     /// The `tls` check of a handshake.
     pub fn tls_check(&self, result: &Result<Conn, DialError>) -> Check {
         match result {

@@ -231,7 +231,17 @@ fn run_to_end(mut command: Command) -> Output {
 /// Starts `command`, waits (up to 30 s, failing with `never`) until `ready()`, then sends `run`
 /// SIGTERM: its output, and how long it took to end after the signal.
 async fn sigterm_once_ready(
+    command: Command,
+    ready: impl Fn() -> bool,
+    never: &str,
+) -> (Output, Duration) {
+    signal_once_ready(command, "TERM", ready, never).await
+}
+
+/// `sigterm_once_ready` with any `signal` (a name for `kill -<signal>`).
+async fn signal_once_ready(
     mut command: Command,
+    signal: &str,
     ready: impl Fn() -> bool,
     never: &str,
 ) -> (Output, Duration) {
@@ -243,7 +253,7 @@ async fn sigterm_once_ready(
     }
     let started = Instant::now();
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
@@ -586,4 +596,433 @@ async fn a_missing_command_is_127_and_still_cleans_up() {
     );
     assert_empty(&tmp);
     f.assert_quiet(&output, &[]);
+}
+
+/// The COMMAND of the hand-over tests: `where.py REPORT` records everything of `run` (its parent)
+/// and of itself that a COMMAND could search for the caller's credential: its own environment
+/// and standard input, the parent's command line and environment, and each of the parent's
+/// open descriptors (where it points, and the content of those that are regular files).
+const WHERE: &str = r#"
+import json, os, stat, sys
+ppid = os.getppid()
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20).decode("utf-8", "replace")
+    except OSError as e:
+        return "unreadable: %s" % e
+fds = {}
+for n in sorted(os.listdir("/proc/%d/fd" % ppid)):
+    path = "/proc/%d/fd/%s" % (ppid, n)
+    try:
+        link = os.readlink(path)
+    except OSError as e:
+        link = "unreadable: %s" % e
+    content = read(path) if os.path.isfile(path) and stat.S_ISREG(os.stat(path).st_mode) else None
+    fds[n] = {"link": link, "content": content}
+out = {"env": dict(os.environ), "stdin": os.readlink("/proc/self/fd/0"),
+       "parent_cmdline": read("/proc/%d/cmdline" % ppid), "parent_environ": read("/proc/%d/environ" % ppid),
+       "parent_fds": fds}
+with open(sys.argv[1], "w") as f:
+    json.dump(out, f)
+"#;
+
+/// Issue 20's hand-over: the credential given as `--api-token-file /dev/fd/3` (with `3<file`)
+/// and as `-` (standard input, a pipe) is read and its descriptor closed before COMMAND starts.
+/// COMMAND then finds it neither in its environment (which holds no `TFE_OIDC_RUN_*` either,
+/// although `run` read its flags from them) nor in `run`'s command line, environment or open
+/// descriptors, and its own standard input is `/dev/null`, not the consumed pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_handed_over_by_descriptor_is_nowhere_command_can_find_it() {
+    let Some(f) = fixture().await else { return };
+    std::fs::write(f.path("where.py"), WHERE).unwrap();
+    let vars = vault_vars(&f.bao.addr);
+    let token_file = f.path("api-token");
+    for (case, source) in [("fd3", "/dev/fd/3"), ("stdin", "-")] {
+        let report = f.path(&format!("where-{case}"));
+        let probe = [
+            "python3".into(),
+            f.path("where.py").into_os_string(),
+            report.clone().into_os_string(),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let mut command = match case {
+            "fd3" => {
+                let mut sh = Command::new("sh");
+                let script = "file=$1; shift; exec \"$@\" 3<\"$file\"";
+                sh.args(["-c", script, "sh"])
+                    .arg(&token_file)
+                    .arg(binary())
+                    .stdin(Stdio::null());
+                sh
+            }
+            _ => {
+                let mut direct = Command::new(binary());
+                direct.stdin(Stdio::piped());
+                direct
+            }
+        };
+        // The API and the credential's location come from TFE_OIDC_RUN_*, not from flags.
+        command
+            .arg("run")
+            .args(run_flags("prod"))
+            .arg("--")
+            .args(probe)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("HOME", f.bao.home.path())
+            .env("TMPDIR", tmp.path())
+            .env("TFE_OIDC_RUN_API", f.server.api_url(""))
+            .env("TFE_OIDC_RUN_API_TOKEN_FILE", source)
+            .envs(borrowed(&vars))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write as _;
+            stdin.write_all(f.server.tokens.all.as_bytes()).unwrap();
+        }
+        let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+        assert_eq!(output.status.code(), Some(0), "{case}: {output:?}");
+        let text = std::fs::read_to_string(&report).unwrap();
+        let seen: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            !text.contains(&f.server.tokens.all),
+            "{case}: COMMAND found the credential: {seen:#}"
+        );
+        let leftovers: Vec<&String> = seen["env"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with("TFE_OIDC_RUN_"))
+            .collect();
+        assert!(leftovers.is_empty(), "{case}: {leftovers:?}");
+        let links: Vec<&str> = seen["parent_fds"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|fd| fd["link"].as_str().unwrap())
+            .collect();
+        assert!(
+            !links.iter().any(|l| l.contains("api-token")),
+            "{case}: run still holds the credential's file open: {links:?}"
+        );
+        assert!(
+            seen["parent_environ"]
+                .as_str()
+                .unwrap()
+                .contains("TFE_OIDC_RUN_API_TOKEN_FILE"),
+            "{case}: the parent's environment was not read: {seen:#}"
+        );
+        if case == "stdin" {
+            assert_eq!(seen["stdin"], "/dev/null", "{case}");
+            assert_eq!(seen["parent_fds"]["0"]["link"], "/dev/null", "{case}");
+        }
+        assert_empty(&tmp);
+        f.assert_quiet(&output, &[]);
+    }
+}
+
+/// Issue 21: SIGHUP (a closed ssh session), SIGQUIT, SIGUSR1 and SIGALRM, whose default action
+/// would end `run` at once, are handled as SIGTERM is: forwarded to COMMAND (the probe dies of
+/// it), then the Vault token is revoked and the directory deleted, and `run` exits 128 + signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hup_quit_usr1_and_alrm_are_forwarded_then_revoke_and_clean_up() {
+    let Some(f) = fixture().await else { return };
+    let vars = vault_vars(&f.bao.addr);
+    for (signal, number) in [("HUP", 1), ("QUIT", 3), ("USR1", 10), ("ALRM", 14)] {
+        let name = format!("signal-{signal}");
+        let probe = f.probe(&name, 0, 0, 60);
+        let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
+        let (mut command, tmp) = f.command("prod", &borrowed(&vars), &probe);
+        command.current_dir(f.files.path());
+        let report = f.path(&name);
+        let (output, took) = signal_once_ready(
+            command,
+            signal,
+            || report.exists(),
+            "the probe never wrote its report",
+        )
+        .await;
+        assert!(took < Duration::from_secs(30), "{signal}: not forwarded");
+        assert_eq!(
+            output.status.code(),
+            Some(128 + number),
+            "{signal}: {output:?}"
+        );
+        f.assert_revoked_and_cleaned(&name, &output, &tmp).await;
+    }
+}
+
+/// Issue 23: a runner whose own environment points the Vault and OpenBao CLIs elsewhere
+/// (`BAO_TOKEN=root`, a `BAO_ADDR` and `BAO_AGENT_ADDR` nobody listens on, a namespace that
+/// does not exist, `VAULT_SKIP_VERIFY`), with a root token in `~/.vault-token` too: `bao`
+/// inside COMMAND still talks to the run's Vault with the run's token, under both prefixes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bao_inside_command_uses_the_runs_token_whatever_the_runner_had() {
+    let Some(f) = fixture().await else { return };
+    let mut vars = vault_vars(&f.bao.addr);
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    vars.extend([
+        ("BAO_TOKEN", "root".to_owned()),
+        ("VAULT_TOKEN", "root".to_owned()),
+        ("BAO_ADDR", closed.clone()),
+        ("BAO_AGENT_ADDR", closed.clone()),
+        ("VAULT_AGENT_ADDR", closed),
+        ("BAO_NAMESPACE", "elsewhere".to_owned()),
+        ("VAULT_SKIP_VERIFY", "true".to_owned()),
+    ]);
+    std::fs::write(f.bao.home.path().join(".vault-token"), "root").unwrap();
+    let out = f.path("lookup");
+    let script = format!(
+        "bao token lookup -format=json > {out:?} && printf %s \"$BAO_TOKEN\" > {out:?}.bao && env > {out:?}.env"
+    );
+    let (command, tmp) = f.command("prod", &borrowed(&vars), &["sh", "-c", &script]);
+    let output = run_to_end(command);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let lookup: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let policies = lookup["data"]["policies"].to_string();
+    assert!(
+        !policies.contains("root"),
+        "bao used the runner's root token: {policies}"
+    );
+    let token = std::fs::read_to_string(format!("{}.bao", out.display())).unwrap();
+    assert_ne!(token, "root");
+    assert_eq!(
+        lookup["data"]["id"],
+        token.as_str(),
+        "BAO_TOKEN is the run's token"
+    );
+    let env = std::fs::read_to_string(format!("{}.env", out.display())).unwrap();
+    for gone in [
+        "BAO_AGENT_ADDR",
+        "VAULT_AGENT_ADDR",
+        "BAO_NAMESPACE",
+        "VAULT_SKIP_VERIFY",
+    ] {
+        assert!(!env.contains(&format!("{gone}=")), "{gone} reached COMMAND");
+    }
+    assert!(
+        env.contains(&format!("BAO_ADDR={}\n", f.bao.addr)),
+        "{output:?}"
+    );
+    assert_eq!(f.lookup(&token).await, 403, "revoked afterwards");
+    assert_empty(&tmp);
+    f.assert_quiet(&output, &[&token]);
+}
+
+/// A tfe-oidc API that no real service can be made to be: hostile (its `env` names what it
+/// likes) or failing (`/v1/credentials/revoke` answers 502). A tiny HTTP server in this process;
+/// it counts the calls to each route.
+struct FakeApi {
+    url: String,
+    exchanges: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    revokes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    files: TempDir,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApi {
+    async fn start(answer: Value, revoke_status: u16) -> FakeApi {
+        use axum::http::StatusCode;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let exchanges = Arc::new(AtomicUsize::new(0));
+        let revokes = Arc::new(AtomicUsize::new(0));
+        let (e, r) = (exchanges.clone(), revokes.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/credentials",
+                axum::routing::post(move || async move {
+                    e.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(answer)
+                }),
+            )
+            .route(
+                "/v1/credentials/revoke",
+                axum::routing::post(move || async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let status = StatusCode::from_u16(revoke_status).unwrap();
+                    let body = json!({"error": "upstream", "message": "vault_login default: vault is down", "revoked": {"default": "revoked"}});
+                    (status, axum::Json(body))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let files = tempfile::tempdir().unwrap();
+        std::fs::write(files.path().join("api-token"), "tfeoidc_fake\n").unwrap();
+        FakeApi {
+            url,
+            exchanges,
+            revokes,
+            task,
+            files,
+        }
+    }
+
+    fn calls(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.exchanges.load(Ordering::SeqCst),
+            self.revokes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// `run` against this API with `extra` flags, running `command`, and its private TMPDIR.
+    fn command(&self, extra: &[&str], command: &[&str]) -> (Command, TempDir) {
+        self.command_at(&self.url, extra, command)
+    }
+
+    /// `command` with `url` as `--api`.
+    fn command_at(&self, url: &str, extra: &[&str], command: &[&str]) -> (Command, TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut run = Command::new(binary());
+        run.arg("run")
+            .args(["--api", url, "--api-token-file"])
+            .arg(self.files.path().join("api-token"))
+            .args(run_flags("prod"))
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        (run, tmp)
+    }
+}
+
+/// A Vault entry as the exchange answers it; nothing listens at its address.
+fn fake_vault_answer(env: Value) -> Value {
+    json!({
+        "vault": {"default": {"address": "http://127.0.0.1:9", "namespace": null, "token": "hvs.fake",
+                              "accessor": "a", "policies": [], "lease_duration": 60, "renewable": false},
+                  "aliases": {}},
+        "env": env,
+        "not_before": 0
+    })
+}
+
+/// Issue 21: an answer whose `env` names `LD_PRELOAD`, `PATH` or `BASH_ENV`, or whose aliases
+/// hold a tag that would walk out of the private directory, is refused: COMMAND never runs (so
+/// none of it reaches COMMAND), `run` exits 76 naming it, the answer's tokens are revoked and
+/// nothing is left in TMPDIR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_undocumented_env_names_never_reaches_command() {
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("ran");
+    let record = format!("env > {marker:?}");
+    let vault_env = |extra: (&str, &str)| {
+        let mut env = json!({"VAULT_ADDR": "http://127.0.0.1:9", "VAULT_TOKEN": "hvs.fake"});
+        env[extra.0] = json!(extra.1);
+        env
+    };
+    let mut traversal = fake_vault_answer(json!({}));
+    traversal["vault"]["aliases"] = json!({"../../escaped": traversal["vault"]["default"].clone()});
+    let cases = [
+        (
+            fake_vault_answer(vault_env(("LD_PRELOAD", "/tmp/evil.so"))),
+            "\"LD_PRELOAD\"",
+        ),
+        (
+            fake_vault_answer(vault_env(("PATH", "/tmp/evil"))),
+            "\"PATH\"",
+        ),
+        (
+            fake_vault_answer(vault_env(("BASH_ENV", "/tmp/evil.sh"))),
+            "\"BASH_ENV\"",
+        ),
+        (traversal, "\"../../escaped\""),
+    ];
+    for (answer, needle) in cases {
+        let api = FakeApi::start(answer, 200).await;
+        let (command, tmp) = api.command(&[], &["sh", "-c", &record]);
+        let output = run_to_end(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(76), "{needle}: {stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!marker.exists(), "COMMAND ran with {needle}");
+        assert_eq!(
+            api.calls(),
+            (1, 1),
+            "{needle}: the answer's tokens were revoked"
+        );
+        assert_empty(&tmp);
+        assert!(!stderr.contains("hvs.fake"), "{stderr}");
+    }
+}
+
+/// Issue 21: a revocation that keeps failing (502, tried three times) is not a silent success:
+/// with a COMMAND that succeeded `run` exits 70, with one that failed it keeps its status, and
+/// both say on stderr that the tokens stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_revocation_is_reported_and_never_exits_0() {
+    let api = FakeApi::start(fake_vault_answer(json!({"VAULT_TOKEN": "hvs.fake"})), 502).await;
+    for (command, code) in [("true", 70), ("exit 3", 3)] {
+        let (run, tmp) = api.command(&[], &["sh", "-c", command]);
+        let output = run_to_end(run);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{command}: {stderr}");
+        assert!(stderr.contains("could not be revoked"), "{stderr}");
+        assert!(stderr.contains("stay valid"), "{stderr}");
+        assert!(!stderr.contains("hvs.fake"), "{stderr}");
+        assert_empty(&tmp);
+    }
+    assert_eq!(
+        api.calls(),
+        (2, 6),
+        "each run tried the revocation three times"
+    );
+}
+
+/// Bad input stops `run` with 64 before it calls the API: an empty or relative TMPDIR, a plain
+/// `http://` API off loopback without `--allow-insecure-http`, a token file over 16 KiB, and a
+/// token file holding two words. With `--allow-insecure-http` the same URL is tried (and is
+/// unreachable here: 69).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_any_call() {
+    let api = FakeApi::start(fake_vault_answer(json!({})), 200).await;
+    let token = api.files.path().join("api-token");
+    let big = "a".repeat(16 * 1024 + 1);
+    let plain = "http://tfe-oidc.invalid:9443";
+    let cases: [(&str, &str, &str, Option<&str>); 5] = [
+        ("not an absolute path", &api.url, "tfeoidc_fake", Some("")),
+        (
+            "not an absolute path",
+            &api.url,
+            "tfeoidc_fake",
+            Some("tmp"),
+        ),
+        ("--allow-insecure-http", plain, "tfeoidc_fake", None),
+        ("larger than 16 KiB", &api.url, &big, None),
+        ("one token alone", &api.url, "tfeoidc_a tfeoidc_b", None),
+    ];
+    for (needle, url, content, tmpdir) in cases {
+        std::fs::write(&token, content).unwrap();
+        let (mut command, _tmp) = api.command_at(url, &[], &["true"]);
+        if let Some(tmpdir) = tmpdir {
+            command.env("TMPDIR", tmpdir);
+        }
+        let output = run_to_end(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{needle}: {stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!stderr.contains("tfeoidc_"), "{stderr}");
+    }
+    assert_eq!(api.calls(), (0, 0), "no bad input reached the API");
+    std::fs::write(&token, "tfeoidc_fake").unwrap();
+    let (command, _tmp) = api.command_at(plain, &["--allow-insecure-http"], &["true"]);
+    let output = run_to_end(command);
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
 }

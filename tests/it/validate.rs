@@ -659,3 +659,21 @@ async fn module_test_and_stacks_tokens_pass_with_their_own_claim_sets() {
     }
     server.stop().await;
 }
+
+/// `http://` at a port that speaks TLS names the cause: "this port speaks TLS: use https://".
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_at_a_tls_port_says_use_https() {
+    let server = tls_server().await;
+    let issuer = server.issuer().replacen("https://", "http://", 1);
+    let out = validate_json(&issuer, None, &[]).await;
+    let check = assert_fails(
+        &out,
+        "discovery",
+        "this port speaks TLS: use https://",
+        &["discovery_issuer", "jwks_uri", "jwks"],
+    );
+    assert!(
+        check["fix"].as_str().unwrap().contains("https://"),
+        "{check}"
+    );
+}
