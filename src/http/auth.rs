@@ -1,7 +1,8 @@
 //! Bearer authentication of the API listener (docs/reference.md §4).
 //!
-//! The tokens file holds lines `sha256:<hex> <name> [scope,...]`; bearer tokens are never stored
-//! in clear. A presented token is hashed and compared in constant time against every digest. With
+//! The tokens file holds lines `sha256:<hex> <name> [scope,...] [sub=GLOB,...]`; bearer tokens
+//! are never stored in clear. `sub=` binds the caller to the `sub` values it may obtain
+//! (`policy.rs`); it runs to the end of the line, so a glob may hold a project name's spaces. A presented token is hashed and compared in constant time against every digest. With
 //! no tokens file, `<keys.dir>/api-token` (mode 0600) holds a development token.
 
 use std::fmt;
@@ -14,6 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use subtle::ConstantTimeEq;
 
+use super::policy::{GlobError, SubPolicy, check_glob};
 use crate::discovery::hex;
 use crate::keys::store::{Access, KeyDir};
 
@@ -49,6 +51,19 @@ impl Scope {
 pub struct Caller {
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// The `sub` values it may obtain.
+    pub subs: SubPolicy,
+}
+
+impl Caller {
+    /// Whether this caller may sign (scope `tokens` or `credentials`) for any `sub`.
+    pub fn signs_any_sub(&self) -> bool {
+        !self.subs.is_bound()
+            && self
+                .scopes
+                .iter()
+                .any(|s| matches!(s, Scope::Tokens | Scope::Credentials))
+    }
 }
 
 struct Entry {
@@ -116,8 +131,10 @@ pub enum LineError {
     NoName,
     #[error("unknown scope {0:?}: use tokens, credentials or keys")]
     UnknownScope(String),
-    #[error("too many fields: expected `sha256:<hex> <name> [scope,...]`")]
+    #[error("too many fields: expected `sha256:<hex> <name> [scope,...] [sub=GLOB,...]`")]
     TooManyFields,
+    #[error("sub=: {0}")]
+    Sub(#[from] GlobError),
 }
 
 impl ApiTokens {
@@ -165,6 +182,16 @@ impl ApiTokens {
         }
         found
     }
+
+    /// The callers that may sign for any `sub`: lines without `sub=` that hold the `tokens` or
+    /// `credentials` scope.
+    pub fn unbound_signers(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|e| e.caller.signs_any_sub())
+            .map(|e| e.caller.name.as_str())
+            .collect()
+    }
 }
 
 /// A tokens file decides who may mint tokens: like OpenSSH's StrictModes, refuse one that
@@ -197,6 +224,10 @@ fn check_tokens_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), Tokens
 }
 
 fn parse_line(line: &str) -> Result<Entry, LineError> {
+    let (line, subs) = match sub_field(line) {
+        Some(at) => (&line[..at], parse_subs(&line[at + 4..])?),
+        None => (line, SubPolicy::Any),
+    };
     let mut fields = line.split_whitespace();
     let digest_text = fields.next().unwrap_or_default();
     let hex_text = digest_text
@@ -216,8 +247,24 @@ fn parse_line(line: &str) -> Result<Entry, LineError> {
     }
     Ok(Entry {
         digest,
-        caller: Caller { name, scopes },
+        caller: Caller { name, scopes, subs },
     })
+}
+
+/// Where the `sub=` field starts: the first field that begins with it.
+fn sub_field(line: &str) -> Option<usize> {
+    line.match_indices("sub=")
+        .map(|(at, _)| at)
+        .find(|&at| at > 0 && line[..at].ends_with(char::is_whitespace))
+}
+
+/// The globs of a `sub=` field: comma-separated, to the end of the line.
+fn parse_subs(text: &str) -> Result<SubPolicy, GlobError> {
+    let globs: Vec<String> = text.trim().split(',').map(str::to_owned).collect();
+    for glob in &globs {
+        check_glob(glob)?;
+    }
+    Ok(SubPolicy::Globs(globs))
 }
 
 fn decode_hex32(text: &str) -> Option<[u8; 32]> {
@@ -246,14 +293,25 @@ pub fn new_token() -> BearerToken {
     BearerToken(format!("tfeoidc_{}", B64.encode(bytes)))
 }
 
-/// The tokens-file line that accepts `token` for `name` with `scopes`.
-pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> String {
+/// The tokens-file line that accepts `token` for `name` with `scopes`, bound to `subs` when
+/// any are given (checked with `check_glob` first).
+pub fn tokens_file_line(
+    token: &BearerToken,
+    name: &str,
+    scopes: &[Scope],
+    subs: &[String],
+) -> String {
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    format!(
+    let mut line = format!(
         "sha256:{} {name} {}",
         hex(&sha256(token.0.as_bytes())),
         scopes.join(",")
-    )
+    );
+    if !subs.is_empty() {
+        line.push_str(" sub=");
+        line.push_str(&subs.join(","));
+    }
+    line
 }
 
 /// The development token: read from `<keys_dir>/api-token`, created (mode 0600) when absent.
@@ -280,7 +338,7 @@ pub fn development_token(keys_dir: &Path) -> io::Result<(PathBuf, ApiTokens)> {
             path.display()
         )));
     }
-    let line = tokens_file_line(&token, "development", &Scope::ALL);
+    let line = tokens_file_line(&token, "development", &Scope::ALL, &[]);
     let tokens = ApiTokens::parse(&line).map_err(io::Error::other)?;
     Ok((path, tokens))
 }
@@ -292,7 +350,8 @@ mod tests {
     #[test]
     fn a_new_token_authenticates_through_its_line_only() {
         let token = new_token();
-        let tokens = ApiTokens::parse(&tokens_file_line(&token, "tfe", &[Scope::Tokens])).unwrap();
+        let tokens =
+            ApiTokens::parse(&tokens_file_line(&token, "tfe", &[Scope::Tokens], &[])).unwrap();
         let caller = tokens.authenticate(&token.0).unwrap();
         assert_eq!(caller.name, "tfe");
         assert_eq!(caller.scopes, [Scope::Tokens]);
@@ -317,7 +376,10 @@ mod tests {
         if euid == 0 {
             std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
             let err = ApiTokens::load(&path).unwrap_err().to_string();
-            assert!(err.contains("owned by uid 4242") && err.contains("chown root"), "{err}");
+            assert!(
+                err.contains("owned by uid 4242") && err.contains("chown root"),
+                "{err}"
+            );
             std::os::unix::fs::chown(&path, Some(0), Some(4242)).unwrap();
             ApiTokens::load(&path).unwrap();
         }
@@ -345,5 +407,35 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn sub_runs_to_the_end_of_the_line_and_binds_the_caller() {
+        let token = new_token();
+        let subs =
+            ["organization:acme:project:Default Project:workspace:prod:run_phase:*".to_owned()];
+        let line = tokens_file_line(&token, "ci", &[Scope::Credentials], &subs);
+        let tokens = ApiTokens::parse(&line).unwrap();
+        let caller = tokens.authenticate(&token.0).unwrap();
+        assert_eq!(caller.subs, SubPolicy::Globs(subs.to_vec()));
+        assert!(tokens.unbound_signers().is_empty());
+        // Without scopes, and with two globs.
+        let digest = "0".repeat(64);
+        let tokens = ApiTokens::parse(&format!("sha256:{digest} ci sub=a:*,b:*")).unwrap();
+        let caller = &tokens.entries[0].caller;
+        assert_eq!(caller.scopes.len(), 3);
+        assert_eq!(
+            caller.subs,
+            SubPolicy::Globs(vec!["a:*".into(), "b:*".into()])
+        );
+        let err = ApiTokens::parse(&format!("sha256:{digest} ci tokens sub=a,,b"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sub=: a sub glob is empty"), "{err}");
+        let tokens = ApiTokens::parse(&format!(
+            "sha256:{digest} tfe tokens\nsha256:{digest} op keys"
+        ))
+        .unwrap();
+        assert_eq!(tokens.unbound_signers(), ["tfe"]);
     }
 }

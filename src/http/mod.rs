@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod error;
 pub mod extract;
 pub mod internal;
+pub mod policy;
 pub mod tls;
 
 use std::future::Future;
