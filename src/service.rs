@@ -256,6 +256,7 @@ fn warn_unbound(tokens: &ApiTokens) {
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let [discovery_tls, api_tls] = tls_configs(config)?;
     let configured_tokens = tokens_file(config)?;
+    let federation = crate::http::federation::Federation::new(&config.federation)?;
     let push_cas = crate::push::read_files(&config.push)?;
     let connection_budget = connection_budget();
     warn_over_budget(config, connection_budget);
@@ -329,6 +330,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         manager: Arc::clone(&manager),
         issuer: TokenIssuer::new(config.issuer.clone(), config.tokens.clone()),
         api_tokens: Arc::clone(&api_tokens),
+        federation,
         audit,
         metrics: Arc::clone(&metrics),
         exchanger: crate::exchange::Exchanger::new(

@@ -361,6 +361,7 @@ fn check_config(arg: ConfigArg) -> Result<(), Failure> {
         }
     }
     crate::push::read_files(&config.push)?;
+    crate::http::federation::Federation::new(&config.federation)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }

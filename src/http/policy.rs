@@ -5,9 +5,12 @@
 //! [`authorize_sub`] before it signs anything or calls Vault. A glob has the meaning of Vault's
 //! `bound_claims_type = "glob"`: `*` matches any run of characters, `:` included.
 
+use serde_json::{Map, Value};
+
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::config::glob_match;
+use crate::token::input::project_name;
 
 /// The longest `sub` glob accepted, in bytes.
 pub const MAX_GLOB: usize = 512;
@@ -77,9 +80,153 @@ pub fn authorize_sub(caller: &Caller, sub: &str, route: &'static str) -> Result<
     )))
 }
 
+/// A `sub` pattern of an `[[api.federation]]` rule: a glob in which `{claim}` stands for the
+/// value of that claim of the upstream token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Claim(String),
+}
+
+/// Why a `sub` pattern is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error(transparent)]
+    Glob(#[from] GlobError),
+    #[error(
+        "{{{0}}} is not a claim reference: write {{name}} with a claim name of letters, digits, '_' and '-'"
+    )]
+    ClaimName(String),
+    #[error("a '{{' is not closed by a '}}'")]
+    Unclosed,
+    #[error("a '}}' has no '{{' before it")]
+    Unopened,
+}
+
+/// Why an upstream token's claims cannot fill a `sub` pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("the upstream token has no claim {0:?}, which a sub pattern of this rule needs")]
+    Missing(String),
+    #[error("the upstream token's claim {0:?} is not a string, a number or a boolean")]
+    NotText(String),
+    #[error(
+        "the upstream token's claim {claim:?} cannot be used in a sub pattern: {why} (the value must pass the rules of a name in a request, so it cannot add ':' or '*')"
+    )]
+    Value { claim: String, why: String },
+}
+
+impl SubTemplate {
+    pub fn parse(text: &str) -> Result<SubTemplate, TemplateError> {
+        check_glob(text)?;
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let open = rest.find('{').unwrap_or(rest.len());
+            let (literal, tail) = rest.split_at(open);
+            if literal.contains('}') {
+                return Err(TemplateError::Unopened);
+            }
+            if !literal.is_empty() {
+                parts.push(Part::Text(literal.to_owned()));
+            }
+            let Some(tail) = tail.strip_prefix('{') else {
+                break;
+            };
+            let close = tail.find('}').ok_or(TemplateError::Unclosed)?;
+            let name = &tail[..close];
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(TemplateError::ClaimName(name.to_owned()));
+            }
+            parts.push(Part::Claim(name.to_owned()));
+            rest = &tail[close + 1..];
+        }
+        Ok(SubTemplate { parts })
+    }
+
+    /// The glob this pattern makes with `claims`. A claim's value must be a name as a request's
+    /// fields are (letters, digits, '-', '_', single inner spaces), so it adds no wildcard and
+    /// no separator.
+    pub fn render(&self, claims: &Map<String, Value>) -> Result<String, ClaimError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Claim(name) => out.push_str(&claim_name(claims, name)?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The value of claim `name`, as text that passes a request's name rules.
+fn claim_name(claims: &Map<String, Value>, name: &str) -> Result<String, ClaimError> {
+    let text = match claims.get(name) {
+        None | Some(Value::Null) => return Err(ClaimError::Missing(name.to_owned())),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(_) => return Err(ClaimError::NotText(name.to_owned())),
+    };
+    project_name(name, &text).map_err(|e| ClaimError::Value {
+        claim: name.to_owned(),
+        why: e.message,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_substitute_claims_that_are_names_only() {
+        let t = SubTemplate::parse("organization:acme:project:*:workspace:{project}:run_phase:*")
+            .unwrap();
+        let claims = |v: Value| {
+            serde_json::json!({ "project": v })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            t.render(&claims("prod".into())).unwrap(),
+            "organization:acme:project:*:workspace:prod:run_phase:*"
+        );
+        for bad in ["a:b", "*", "", "a\nb", "\u{430}cme", "a  b", "x{y}"] {
+            assert!(
+                matches!(t.render(&claims(bad.into())), Err(ClaimError::Value { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(t.render(&Map::new()), Err(ClaimError::Missing(_))));
+        assert!(matches!(
+            t.render(&claims(serde_json::json!(["a"]))),
+            Err(ClaimError::NotText(_))
+        ));
+        assert_eq!(SubTemplate::parse("a{b"), Err(TemplateError::Unclosed));
+        assert_eq!(SubTemplate::parse("a}b"), Err(TemplateError::Unopened));
+        assert!(matches!(
+            SubTemplate::parse("a{b c}"),
+            Err(TemplateError::ClaimName(_))
+        ));
+        assert_eq!(
+            SubTemplate::parse("x:{a}{b}").unwrap().render(
+                serde_json::json!({"a": "1", "b": true})
+                    .as_object()
+                    .unwrap()
+            ),
+            Ok("x:1true".into())
+        );
+    }
 
     #[test]
     fn globs_have_vaults_meaning() {
