@@ -65,7 +65,10 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
         let known = state.api_tokens.load().authenticate(presented).cloned();
         let caller = match known {
             Some(caller) => caller,
-            None => state.federation.authenticate(presented).await?,
+            None => {
+                let now = state.manager.now();
+                state.federation.authenticate(presented, now).await?
+            }
         };
         if !caller.scopes.contains(&S::SCOPE) {
             let scope = S::SCOPE.as_str();

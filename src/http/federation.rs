@@ -5,7 +5,7 @@
 //! The upstream token is checked as Vault's JWT auth checks ours: a signature by a key of the
 //! issuer's JWKS (found through `<issuer>/.well-known/openid-configuration`), with an algorithm
 //! from `ALGORITHMS`, `iss` equal to the rule's issuer, `aud` holding one of its audiences, `exp`
-//! and `nbf` within `LEEWAY`; then every `bound_claims` glob must match, and the rule's `sub`
+//! and `nbf` within `LEEWAY` of the service's clock; then every `bound_claims` glob must match, and the rule's `sub`
 //! patterns are filled with the token's claims. The JWKS is cached; an unknown `kid` refetches
 //! it, at most once per `REFETCH_INTERVAL` per rule, so an upstream rotation is followed and a
 //! flood of made-up `kid`s cannot hammer the upstream. The token itself is never logged.
@@ -24,6 +24,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::policy::SubPolicy;
 use crate::config::{ConfigError, FederationRule, Problem, glob_match};
+use crate::keys::UnixTime;
 
 /// The algorithms an upstream token may be signed with; never `none`, never a shared secret.
 const ALGORITHMS: [(&str, Algorithm); 9] = [
@@ -110,7 +111,8 @@ impl Federation {
     }
 
     /// The caller an upstream token stands for, or the API error that refuses it.
-    pub async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+    /// `now` is the service's clock, against which `exp` and `nbf` are checked.
+    pub async fn authenticate(&self, token: &str, now: UnixTime) -> Result<Caller, ApiError> {
         let not_valid = || ApiError::Unauthorized("the bearer token is not valid".into());
         if self.upstreams.is_empty() {
             return Err(not_valid());
@@ -131,7 +133,7 @@ impl Federation {
         }
         let mut first = None;
         for upstream in rules {
-            match upstream.caller(token, &unverified).await {
+            match upstream.caller(token, &unverified, now).await {
                 Ok(caller) => return Ok(caller),
                 Err(refusal) => {
                     tracing::warn!(target: "audit", event = "federation_refused", rule = %upstream.rule.name, reason = %refusal, "an upstream token was refused");
@@ -188,8 +190,14 @@ fn json_part(part: &str) -> Option<Map<String, Value>> {
 }
 
 impl Upstream {
-    async fn caller(&self, token: &str, unverified: &Unverified) -> Result<Caller, Refusal> {
+    async fn caller(
+        &self,
+        token: &str,
+        unverified: &Unverified,
+        now: UnixTime,
+    ) -> Result<Caller, Refusal> {
         let claims = self.verify(token, unverified).await?;
+        check_times(&claims, now)?;
         let rule = &self.rule;
         for (claim, globs) in &rule.bound_claims {
             if !claim_matches(claims.get(claim), globs) {
@@ -230,11 +238,12 @@ impl Upstream {
             .key(unverified.kid.as_deref(), unverified.alg.as_str())
             .await?;
         let mut validation = Validation::new(*alg);
-        validation.leeway = LEEWAY;
-        validation.validate_nbf = true;
+        // exp and nbf are checked against the service's clock (`check_times`).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[&self.rule.issuer]);
         validation.set_audience(&self.rule.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_required_spec_claims(&["iss", "aud"]);
         jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|e| Refusal::Token(self.describe(e.kind())))
@@ -246,8 +255,6 @@ impl Upstream {
             K::InvalidSignature => {
                 "signature: not made by the key the issuer's JWKS holds for this kid".into()
             }
-            K::ExpiredSignature => format!("exp: the token has expired (leeway {LEEWAY}s)"),
-            K::ImmatureSignature => format!("nbf: the token is not valid yet (leeway {LEEWAY}s)"),
             K::InvalidIssuer => format!("iss: not {:?}", self.rule.issuer),
             K::InvalidAudience => format!(
                 "aud: holds none of {} (api.federation audiences)",
@@ -378,6 +385,31 @@ impl Upstream {
     }
 }
 
+/// `exp` (required) and `nbf` (when present) against `now`, each with `LEEWAY`.
+fn check_times(claims: &Map<String, Value>, now: UnixTime) -> Result<(), Refusal> {
+    let time = |name: &'static str| claims.get(name).map(|v| v.as_u64().ok_or(name));
+    let wrong = |name: &str| Refusal::Token(format!("{name}: not a number of seconds"));
+    match time("exp") {
+        None => return Err(Refusal::Token("exp: the token has no exp claim".into())),
+        Some(Err(name)) => return Err(wrong(name)),
+        Some(Ok(exp)) if exp.saturating_add(LEEWAY) < now => {
+            return Err(Refusal::Token(format!(
+                "exp: the token expired {}s ago (leeway {LEEWAY}s)",
+                now - exp
+            )));
+        }
+        Some(Ok(_)) => {}
+    }
+    match time("nbf") {
+        Some(Err(name)) => Err(wrong(name)),
+        Some(Ok(nbf)) if nbf > now.saturating_add(LEEWAY) => Err(Refusal::Token(format!(
+            "nbf: the token is not valid for {}s yet (leeway {LEEWAY}s)",
+            nbf - now
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn find<'a>(keys: &'a [Jwk], kid: Option<&str>) -> Option<&'a Jwk> {
     match kid {
         Some(kid) => keys
@@ -453,6 +485,20 @@ mod tests {
         assert!(!claim_matches(Some(&"dev".into()), &globs));
         assert!(!claim_matches(None, &globs));
         assert!(claim_matches(Some(&true.into()), &["true".to_owned()]));
+    }
+
+    #[test]
+    fn exp_is_required_and_both_times_have_a_leeway() {
+        let claims = |v: Value| v.as_object().unwrap().clone();
+        let now = 1_000_000;
+        assert!(check_times(&claims(serde_json::json!({"exp": now - 60})), now).is_ok());
+        assert!(check_times(&claims(serde_json::json!({"exp": now - 61})), now).is_err());
+        assert!(check_times(&claims(serde_json::json!({})), now).is_err());
+        assert!(check_times(&claims(serde_json::json!({"exp": "soon"})), now).is_err());
+        let early = serde_json::json!({"exp": now + 600, "nbf": now + 61});
+        assert!(check_times(&claims(early), now).is_err());
+        let ok = serde_json::json!({"exp": now + 600, "nbf": now + 60});
+        assert!(check_times(&claims(ok), now).is_ok());
     }
 
     #[test]
