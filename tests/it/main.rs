@@ -11,6 +11,7 @@ mod crash;
 mod deploy;
 mod discovery;
 mod exchange;
+mod federation;
 mod jose;
 mod kinds;
 mod listeners;
