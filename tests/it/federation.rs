@@ -567,3 +567,125 @@ async fn another_tfe_oidc_is_an_upstream_issuer() {
     server.stop().await;
     upstream.stop().await;
 }
+
+/// An upstream issuer that counts the requests it answers: its discovery document, and a JWKS
+/// of `jwks` (a body of any size).
+struct CountingIssuer {
+    issuer: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingIssuer {
+    async fn start(jwks: String) -> CountingIssuer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}).to_string();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = vec![0; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head[..n]);
+                let body = match head.split_whitespace().nth(1) {
+                    Some("/jwks") => jwks.as_str(),
+                    _ => discovery.as_str(),
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        CountingIssuer {
+            issuer,
+            requests,
+            task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn rule(&self) -> String {
+        format!(
+            "[[api.federation]]\nname = \"counted\"\nissuer = {:?}\naudiences = [{AUDIENCE:?}]\nscopes = [\"tokens\"]\nsub = [\"organization:acme:*\"]\n",
+            self.issuer
+        )
+    }
+
+    /// A token of this issuer naming `kid` (never validly signed: no key is published).
+    fn token(&self, kid: &str) -> String {
+        unsigned(
+            json!({"alg": "RS256", "kid": kid}),
+            json!({"iss": self.issuer, "aud": AUDIENCE, "exp": common::unix_now() + 60}),
+        )
+    }
+}
+
+impl Drop for CountingIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_fetches_the_upstream_jwks_once_per_interval() {
+    let upstream = CountingIssuer::start(json!({"keys": []}).to_string()).await;
+    let server = TestServer::start(Options {
+        api_toml: upstream.rule(),
+        ..Options::default()
+    })
+    .await;
+    let prod = run_body("acme", "prod", "plan");
+    for i in 0..40 {
+        let (status, body) = post(
+            &server,
+            "/v1/tokens",
+            &upstream.token(&format!("k{i}")),
+            &prod,
+        )
+        .await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("kid"), "{body}");
+    }
+    assert_eq!(
+        upstream.requests(),
+        2,
+        "one discovery and one JWKS fetch for 40 unknown kids"
+    );
+    tokio::time::sleep(REFETCH_INTERVAL).await;
+    post(&server, "/v1/tokens", &upstream.token("later"), &prod).await;
+    assert_eq!(upstream.requests(), 4, "refetched once the interval passed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_jwks_is_not_read_whole() {
+    let padding = "x".repeat(300 * 1024);
+    let upstream = CountingIssuer::start(json!({"keys": [], "padding": padding}).to_string()).await;
+    let server = TestServer::start(Options {
+        api_toml: upstream.rule(),
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = post(
+        &server,
+        "/v1/tokens",
+        &upstream.token("k"),
+        &run_body("acme", "prod", "plan"),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("larger than"),
+        "{body}"
+    );
+    server.stop().await;
+}
