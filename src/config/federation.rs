@@ -1,5 +1,5 @@
 //! The `[[api.federation]]` tables: upstream OIDC issuers whose tokens are accepted as API
-//! callers (docs/reference.md §4.3).
+//! callers (docs/reference.md §2.3; how they are checked: §4.1).
 //!
 //! Each table is read on its own, and every problem names its table by position:
 //! `api.federation[0].issuer`. Federation rules have no `TFE_OIDC_*` overrides. How a token is
@@ -131,7 +131,7 @@ fn rule(entry: &mut Entry<'_>) -> Option<FederationRule> {
     let before = entry.problems.len();
     for key in entry.table.keys() {
         if !KEYS.contains(&key.as_str()) {
-            entry.problem(key, "unknown key; see docs/reference.md §4.3");
+            entry.problem(key, "unknown key; see docs/reference.md §2.3");
         }
     }
     let name = name(entry);

@@ -1,6 +1,6 @@
 //! Federated callers: a bearer token signed by an upstream OIDC issuer (GitLab CI, GitHub
 //! Actions, Kubernetes, Vault/OpenBao identity, another tfe-oidc) accepted as the caller of an
-//! `[[api.federation]]` rule (docs/reference.md §4.3).
+//! `[[api.federation]]` rule (docs/reference.md §4.1).
 //!
 //! The upstream token is checked as Vault's JWT auth checks ours: a signature by a key of the
 //! issuer's JWKS (found through `<issuer>/.well-known/openid-configuration`), with an algorithm

@@ -84,6 +84,7 @@ pub fn authorize_sub(caller: &Caller, sub: &str, route: &'static str) -> Result<
 /// value of that claim of the upstream token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubTemplate {
+    text: String,
     parts: Vec<Part>,
 }
 
@@ -150,7 +151,15 @@ impl SubTemplate {
             parts.push(Part::Claim(name.to_owned()));
             rest = &tail[close + 1..];
         }
-        Ok(SubTemplate { parts })
+        Ok(SubTemplate {
+            text: text.to_owned(),
+            parts,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The glob this pattern makes with `claims`. A claim's value must be a name as a request's

@@ -689,3 +689,65 @@ async fn an_oversized_upstream_jwks_is_not_read_whole() {
     );
     server.stop().await;
 }
+
+#[test]
+fn api_token_new_binds_subs_and_check_config_warns_about_unbound_signers() {
+    use common::process::{Setup, run, text, tfe_oidc};
+    // Appended after `[keys]`: an array of tables may extend `[api]` there.
+    let setup = Setup::new(&format!(
+        "[[api.federation]]\nname = \"ci\"\nissuer = \"https://gitlab.example.com\"\naudiences = [{AUDIENCE:?}]\nscopes = [\"credentials\"]\nsub = [\"organization:acme:project:*:workspace:{{environment}}:run_phase:*\"]\n"
+    ));
+    let globs = [
+        "organization:acme:project:Default Project:workspace:prod:run_phase:*",
+        "organization:acme:module:vpc:operation:test_run",
+    ];
+    let out = run(tfe_oidc(setup.dir.path()).args([
+        "api-token",
+        "new",
+        "--name",
+        "ci-prod",
+        "--scopes",
+        "tokens,credentials",
+        "--sub",
+        globs[0],
+        "--sub",
+        globs[1],
+    ]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().nth(1).unwrap();
+    assert!(
+        line.ends_with(&format!(
+            " ci-prod tokens,credentials sub={},{}",
+            globs[0], globs[1]
+        )),
+        "{line}"
+    );
+    let bad = run(tfe_oidc(setup.dir.path()).args(["api-token", "new", "--sub", "a,b"]));
+    assert_eq!(bad.status.code(), Some(64), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("--sub"), "{}", text(&bad.stderr));
+
+    // The test tokens file holds `tfe` (every scope) and `runner` (tokens), both unbound, and
+    // `operator` (keys only); the new bound line is added.
+    let path = setup.dir.path().join("api-tokens");
+    let mut tokens = std::fs::read_to_string(&path).unwrap();
+    tokens.push_str(&format!("{line}\n"));
+    std::fs::write(&path, tokens).unwrap();
+    let out = run(&mut setup.command(&["check-config"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for (caller, warned) in [
+        ("tfe", true),
+        ("runner", true),
+        ("operator", false),
+        ("ci-prod", false),
+    ] {
+        let warning = format!("caller {caller:?} has no sub= binding");
+        assert_eq!(stderr.contains(&warning), warned, "{caller}: {stderr}");
+    }
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("api.federation[0].sub = ") && stdout.contains("{environment}"),
+        "check-config shows the federation rule:\n{stdout}"
+    );
+}
