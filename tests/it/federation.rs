@@ -371,7 +371,61 @@ async fn an_openbao_identity_token_is_a_caller_bound_by_its_claims() {
     )
     .await;
     assert_eq!(status, 403);
+
+    // `tfe-oidc run` takes the upstream token from its token file, with no other flag.
+    let file = up.bao.home.path().join("id-token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let out = tokio::task::block_in_place(|| run_with(&server, &up.bao, &file, "other"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::block_in_place(|| run_with(&server, &up.bao, &file, "prod"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "refused: {stderr}");
+    assert!(!stderr.contains(&token), "the token is not printed");
     server.stop().await;
+}
+
+/// `tfe-oidc run` for acme/`workspace`, apply, with the bearer token in `token_file` and the
+/// default Vault configuration of `bao`; COMMAND succeeds when it was given a Vault token.
+fn run_with(
+    server: &TestServer,
+    bao: &Bao,
+    token_file: &std::path::Path,
+    workspace: &str,
+) -> std::process::Output {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut flags: Vec<&str> = common::RUN_FLAGS.to_vec();
+    let at = flags.iter().position(|f| *f == "--workspace").unwrap() + 1;
+    flags[at] = workspace;
+    let role = format!("tfe-acme-{workspace}");
+    std::process::Command::new(common::binary())
+        .arg("run")
+        .arg("--api")
+        .arg(server.api_url(""))
+        .arg("--api-token-file")
+        .arg(token_file)
+        .args(flags)
+        .args([
+            "--phase",
+            "apply",
+            "--",
+            "sh",
+            "-c",
+            "test -n \"$VAULT_TOKEN\"",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("TMPDIR", tmp.path())
+        .env("TFC_VAULT_PROVIDER_AUTH", "true")
+        .env("TFC_VAULT_ADDR", &bao.addr)
+        .env("TFC_VAULT_RUN_ROLE", role)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// A JWT with `header` and `claims` and a made-up signature.
