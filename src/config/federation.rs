@@ -266,7 +266,10 @@ fn scopes(entry: &mut Entry<'_>) -> Option<Vec<Scope>> {
 }
 
 fn sub(entry: &mut Entry<'_>) -> Option<Vec<SubTemplate>> {
-    let patterns = entry.list("sub", "sub patterns, such as \"organization:acme:project:*:workspace:{project_name}:run_phase:*\"")?;
+    let patterns = entry.list(
+        "sub",
+        "sub patterns, such as \"organization:acme:project:*:workspace:{environment}:run_phase:*\"",
+    )?;
     let mut out = Vec::new();
     for pattern in patterns {
         match SubTemplate::parse(&pattern) {
