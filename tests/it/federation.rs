@@ -805,3 +805,52 @@ fn api_token_new_binds_subs_and_check_config_warns_about_unbound_signers() {
         "check-config shows the federation rule:\n{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_tokens_are_logged_by_reason_never_by_value() {
+    use common::process::Setup;
+    common::init_crypto();
+    let upstream = CountingIssuer::start(json!({"keys": []}).to_string()).await;
+    let setup = Setup::new(&upstream.rule());
+    let server = tokio::task::block_in_place(|| {
+        setup
+            .serve(&["--log-format", "json"], &[("TFE_OIDC_LOG", "debug")])
+            .ready()
+    });
+    let tokens = [
+        upstream.token("unknown-kid"),
+        unsigned(
+            json!({"alg": "none"}),
+            json!({"iss": upstream.issuer, "aud": AUDIENCE}),
+        ),
+        unsigned(
+            json!({"alg": "RS256", "kid": "k"}),
+            json!({"iss": "https://elsewhere.test", "aud": AUDIENCE}),
+        ),
+    ];
+    let client = reqwest::Client::new();
+    for token in &tokens {
+        let response = client
+            .post(format!("http://{}/v1/tokens", setup.api))
+            .bearer_auth(token)
+            .json(&run_body("acme", "prod", "plan"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    let (stdout, stderr) = tokio::task::block_in_place(|| server.stop());
+    let log = format!("{stdout}{stderr}");
+    assert!(
+        log.contains("federation_refused") && log.contains("alg"),
+        "the refusals are audit events with their reason:\n{log}"
+    );
+    for token in &tokens {
+        let signature = token.rsplit('.').next().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        assert!(
+            !log.contains(payload) && !log.contains(signature),
+            "a token reached the log:\n{log}"
+        );
+    }
+}
