@@ -390,7 +390,7 @@ fn api_token_new(name: &str, scopes: &str, subs: &[String]) -> Result<(), Failur
             .map_err(|e| Failure::usage(format!("--sub {glob:?}: {e}")))?;
     }
     let token = auth::new_token();
-    let line = auth::tokens_file_line(&token, name, &scopes, subs);
+    let line = auth::bound_tokens_file_line(&token, name, &scopes, subs);
     // stdout holds exactly two lines, the token then the tokens-file line, each ready to paste
     // or to take with `head -1` / `tail -1`; what they are goes to stderr.
     eprintln!(

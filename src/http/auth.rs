@@ -293,9 +293,14 @@ pub fn new_token() -> BearerToken {
     BearerToken(format!("tfeoidc_{}", B64.encode(bytes)))
 }
 
+/// The tokens-file line that accepts `token` for `name` with `scopes`, for any `sub`.
+pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> String {
+    bound_tokens_file_line(token, name, scopes, &[])
+}
+
 /// The tokens-file line that accepts `token` for `name` with `scopes`, bound to `subs` when
 /// any are given (checked with `check_glob` first).
-pub fn tokens_file_line(
+pub fn bound_tokens_file_line(
     token: &BearerToken,
     name: &str,
     scopes: &[Scope],
@@ -338,7 +343,7 @@ pub fn development_token(keys_dir: &Path) -> io::Result<(PathBuf, ApiTokens)> {
             path.display()
         )));
     }
-    let line = tokens_file_line(&token, "development", &Scope::ALL, &[]);
+    let line = tokens_file_line(&token, "development", &Scope::ALL);
     let tokens = ApiTokens::parse(&line).map_err(io::Error::other)?;
     Ok((path, tokens))
 }
@@ -350,8 +355,7 @@ mod tests {
     #[test]
     fn a_new_token_authenticates_through_its_line_only() {
         let token = new_token();
-        let tokens =
-            ApiTokens::parse(&tokens_file_line(&token, "tfe", &[Scope::Tokens], &[])).unwrap();
+        let tokens = ApiTokens::parse(&tokens_file_line(&token, "tfe", &[Scope::Tokens])).unwrap();
         let caller = tokens.authenticate(&token.0).unwrap();
         assert_eq!(caller.name, "tfe");
         assert_eq!(caller.scopes, [Scope::Tokens]);
@@ -414,7 +418,7 @@ mod tests {
         let token = new_token();
         let subs =
             ["organization:acme:project:Default Project:workspace:prod:run_phase:*".to_owned()];
-        let line = tokens_file_line(&token, "ci", &[Scope::Credentials], &subs);
+        let line = bound_tokens_file_line(&token, "ci", &[Scope::Credentials], &subs);
         let tokens = ApiTokens::parse(&line).unwrap();
         let caller = tokens.authenticate(&token.0).unwrap();
         assert_eq!(caller.subs, SubPolicy::Globs(subs.to_vec()));

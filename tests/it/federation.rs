@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use common::bao::{Bao, deploy_vault};
 use common::{Options, TestServer, run_body, wire};
-use tfe_oidc::http::auth::{Scope, new_token, tokens_file_line};
+use tfe_oidc::http::auth::{Scope, bound_tokens_file_line, new_token};
 use tfe_oidc::http::federation::REFETCH_INTERVAL;
 
 /// The audience the upstream tokens are minted for.
@@ -198,7 +198,7 @@ async fn server(bao: &Bao, also: &str, api_toml: &str) -> TestServer {
 /// path); returns its bearer token.
 fn add_bound_caller(server: &TestServer) -> String {
     let token = new_token();
-    let line = tokens_file_line(
+    let line = bound_tokens_file_line(
         &token,
         "ci-prod",
         &[Scope::Tokens, Scope::Credentials],

@@ -344,9 +344,9 @@ pub fn write_tokens_file(dir: &Path) -> ApiTokens {
     let (all, tokens_only, keys_only) = (new_token(), new_token(), new_token());
     let text = format!(
         "# test callers\n{}\n{}\n{}\n",
-        tokens_file_line(&all, "tfe", &Scope::ALL, &[]),
-        tokens_file_line(&tokens_only, "runner", &[Scope::Tokens], &[]),
-        tokens_file_line(&keys_only, "operator", &[Scope::Keys], &[]),
+        tokens_file_line(&all, "tfe", &Scope::ALL),
+        tokens_file_line(&tokens_only, "runner", &[Scope::Tokens]),
+        tokens_file_line(&keys_only, "operator", &[Scope::Keys]),
     );
     std::fs::write(dir.join("api-tokens"), text).unwrap();
     ApiTokens {
