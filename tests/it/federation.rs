@@ -181,8 +181,10 @@ async fn server(bao: &Bao, also: &str, api_toml: &str) -> TestServer {
         tls: true,
         api_toml: api_toml.to_owned(),
         extra_toml: format!(
-            "[exchange]\nallowed_vault_addrs = [{:?}, {also:?}]\nvault_timeout = \"10s\"\n",
-            bao.addr
+            "[exchange]\nallowed_vault_addrs = [{:?}, {also:?}]\nvault_timeout = \"10s\"\n\
+             [audit]\npath = {:?}\n",
+            bao.addr,
+            bao.home.path().join("tfe-oidc-audit.jsonl"),
         ),
         ..Options::default()
     })
@@ -351,6 +353,17 @@ async fn an_openbao_identity_token_is_a_caller_bound_by_its_claims() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // Every token signed for it is audited under `<rule>:<upstream sub>`.
+    let audit = std::fs::read_to_string(up.bao.home.path().join("tfe-oidc-audit.jsonl")).unwrap();
+    let caller = format!("openbao:{}", up.entity);
+    let callers: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["caller"].clone())
+        .collect();
+    assert!(
+        !callers.is_empty() && callers.iter().all(|c| *c == json!(caller)),
+        "{audit}"
+    );
 
     // The entity's project becomes `other`: the next token reaches `other`, not `prod`.
     up.set_project("other").await;
