@@ -220,7 +220,8 @@ impl Upstream {
         })
     }
 
-    /// The claims of `token` once its signature, algorithm, `iss`, `aud`, `exp` and `nbf` pass.
+    /// The claims of `token` once its algorithm, signature, `iss` and `aud` pass (`exp` and `nbf`
+    /// are `check_times`'s).
     async fn verify(
         &self,
         token: &str,
