@@ -2,8 +2,9 @@
 //!
 //! The tokens file holds lines `sha256:<hex> <name> [scope,...] [sub=GLOB,...]`; bearer tokens
 //! are never stored in clear. `sub=` binds the caller to the `sub` values it may obtain
-//! (`policy.rs`); it runs to the end of the line, so a glob may hold a project name's spaces. A presented token is hashed and compared in constant time against every digest. With
-//! no tokens file, `<keys.dir>/api-token` (mode 0600) holds a development token.
+//! (`policy.rs`); it runs to the end of the line, so a glob may hold a project name's spaces. A
+//! presented token is hashed and compared in constant time against every digest. With no tokens
+//! file, `<keys.dir>/api-token` (mode 0600) holds a development token.
 
 use std::fmt;
 use std::io;
@@ -299,7 +300,7 @@ pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> St
 }
 
 /// The tokens-file line that accepts `token` for `name` with `scopes`, bound to `subs` when
-/// any are given (checked with `check_glob` first).
+/// any are given; the caller has checked each with `check_glob`.
 pub fn bound_tokens_file_line(
     token: &BearerToken,
     name: &str,
