@@ -231,6 +231,10 @@ async fn a_sub_bound_token_gets_its_workspace_only_and_vault_never_sees_the_refu
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    let audit = bao.home.path().join("tfe-oidc-audit.jsonl");
+    let signed = || std::fs::read_to_string(&audit).unwrap().lines().count();
+    let signed_before = signed();
+    assert_eq!(signed_before, 1, "the allowed token is audited");
     for other in [
         run_body("acme", "other", "plan"),
         run_body("payroll", "prod", "apply"),
@@ -246,6 +250,12 @@ async fn a_sub_bound_token_gets_its_workspace_only_and_vault_never_sees_the_refu
             "the refusal names the caller and the sub: {message}"
         );
     }
+
+    assert_eq!(
+        signed(),
+        signed_before,
+        "nothing was signed for the refused requests"
+    );
 
     let (status, body) = post(
         &server,
