@@ -113,6 +113,7 @@ impl Reloader {
         if let Some(path) = &r.config.tokens_file {
             match ApiTokens::load(path) {
                 Ok(tokens) => {
+                    warn_unbound(&tokens);
                     r.api_tokens.store(Arc::new(tokens));
                     tracing::info!(path = %path.display(), "api.tokens_file reloaded");
                 }
@@ -241,10 +242,21 @@ pub fn policy(config: &Config) -> Policy {
     )
 }
 
+/// Logs the callers that may sign for any `sub` (docs/threat-model.md).
+fn warn_unbound(tokens: &ApiTokens) {
+    for caller in tokens.unbound_signers() {
+        tracing::warn!(
+            caller,
+            "this API caller has no sub= binding: its token may obtain tokens and credentials for every organization and workspace"
+        );
+    }
+}
+
 /// Starts the service; returns once both listeners are bound and serving.
 pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let [discovery_tls, api_tls] = tls_configs(config)?;
     let configured_tokens = tokens_file(config)?;
+    let federation = crate::http::federation::Federation::new(&config.federation)?;
     let push_cas = crate::push::read_files(&config.push)?;
     let connection_budget = connection_budget();
     warn_over_budget(config, connection_budget);
@@ -283,7 +295,10 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         .map_err(|e| StartError::Task(e.to_string()))??
     };
     let api_tokens = match configured_tokens {
-        Some(tokens) => tokens,
+        Some(tokens) => {
+            warn_unbound(&tokens);
+            tokens
+        }
         None => development_token(config)?,
     };
     let metrics = Arc::new(Metrics::default());
@@ -315,6 +330,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         manager: Arc::clone(&manager),
         issuer: TokenIssuer::new(config.issuer.clone(), config.tokens.clone()),
         api_tokens: Arc::clone(&api_tokens),
+        federation,
         audit,
         metrics: Arc::clone(&metrics),
         exchanger: crate::exchange::Exchanger::new(

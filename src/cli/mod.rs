@@ -139,6 +139,11 @@ pub enum ApiTokenCommand {
         /// Comma-separated scopes: tokens, credentials, keys.
         #[arg(long, default_value = "tokens,credentials,keys")]
         scopes: String,
+        /// A glob of the `sub` values this caller may obtain, with Vault's glob meaning (`*`
+        /// matches any run of characters, `:` included); repeat for more. Without it, a caller
+        /// with the tokens or credentials scope may obtain any organization's tokens.
+        #[arg(long = "sub", value_name = "GLOB")]
+        subs: Vec<String>,
     },
 }
 
@@ -175,7 +180,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(command) => match *command {
             TokenCommand::Issue(args) => issue::token_issue(args),
         },
-        Command::ApiToken(ApiTokenCommand::New { name, scopes }) => api_token_new(&name, &scopes),
+        Command::ApiToken(ApiTokenCommand::New { name, scopes, subs }) => {
+            api_token_new(&name, &scopes, &subs)
+        }
         Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
         Command::Run(args) => match run::run(*args) {
             Ok(status) => return ExitCode::from(status),
@@ -353,13 +360,20 @@ impl Signals {
 fn check_config(arg: ConfigArg) -> Result<(), Failure> {
     let config = load(&arg)?;
     service::tls_configs(&config)?;
-    service::tokens_file(&config)?;
+    if let Some(tokens) = service::tokens_file(&config)? {
+        for name in tokens.unbound_signers() {
+            eprintln!(
+                "warning: api.tokens_file: caller {name:?} has no sub= binding, so its token may obtain tokens and credentials for every organization and workspace; add sub=GLOB (see docs/threat-model.md)"
+            );
+        }
+    }
     crate::push::read_files(&config.push)?;
+    crate::http::federation::Federation::new(&config.federation)?;
     print!("{}", crate::config::describe(&config));
     Ok(())
 }
 
-fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
+fn api_token_new(name: &str, scopes: &str, subs: &[String]) -> Result<(), Failure> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Failure::usage(
             "--name must be a non-empty word without spaces",
@@ -378,8 +392,12 @@ fn api_token_new(name: &str, scopes: &str) -> Result<(), Failure> {
                 })
         })
         .collect::<Result<_, _>>()?;
+    for glob in subs {
+        crate::http::policy::check_glob(glob)
+            .map_err(|e| Failure::usage(format!("--sub {glob:?}: {e}")))?;
+    }
     let token = auth::new_token();
-    let line = auth::tokens_file_line(&token, name, &scopes);
+    let line = auth::bound_tokens_file_line(&token, name, &scopes, subs);
     // stdout holds exactly two lines, the token then the tokens-file line, each ready to paste
     // or to take with `head -1` / `tail -1`; what they are goes to stderr.
     eprintln!(

@@ -122,6 +122,20 @@ pub fn describe(c: &Config) -> String {
             d(t.repair_interval)
         ));
     }
+    for (i, r) in c.federation.iter().enumerate() {
+        let at = format!("api.federation[{i}]");
+        lines.push(format!("{at}.name = {:?}", r.name));
+        lines.push(format!("{at}.issuer = {:?}", r.issuer));
+        lines.push(format!("{at}.audiences = {}", list(&r.audiences)));
+        lines.push(format!("{at}.ca_file = {}", path(&r.ca_file)));
+        for (claim, globs) in &r.bound_claims {
+            lines.push(format!("{at}.bound_claims.{claim} = {}", list(globs)));
+        }
+        let scopes: Vec<String> = r.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        lines.push(format!("{at}.scopes = {}", list(&scopes)));
+        let subs: Vec<String> = r.sub.iter().map(|t| t.as_str().to_owned()).collect();
+        lines.push(format!("{at}.sub = {}", list(&subs)));
+    }
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 

@@ -9,6 +9,7 @@
 //! keys. It does not open sockets or read keys.
 
 mod describe;
+pub mod federation;
 mod forms;
 mod issuer;
 mod listener;
@@ -18,6 +19,7 @@ pub mod schema;
 pub mod vault;
 
 pub use describe::{describe, short_duration};
+pub use federation::FederationRule;
 pub use forms::{FormError, RsaBits, glob_match, is_loopback};
 pub use issuer::{Issuer, IssuerError, check_issuer};
 use listener::listener;
@@ -126,6 +128,8 @@ pub struct Config {
     pub discovery_enabled: bool,
     /// The `[[push]]` tables: the Vault JWT auth mounts whose config the issuer keeps in sync.
     pub push: Vec<PushTarget>,
+    /// The `[[api.federation]]` tables: upstream issuers whose tokens are API callers.
+    pub federation: Vec<FederationRule>,
 }
 
 const DEFAULT_AUDIENCES: &[&str] = &[
@@ -197,10 +201,12 @@ fn build(raw: &Raw, problems: &mut Vec<Problem>) -> Option<Config> {
         ));
     }
     let push = push::targets(raw.push(), problems);
+    let federation = federation::rules(raw.federation(), problems);
     let issuer = issuer(raw, &discovery, problems)?;
     Some(Config {
         discovery_enabled: raw.bool(Key::DiscoveryEnabled).unwrap_or(true),
         push,
+        federation,
         issuer,
         discovery,
         jwks_max_age,

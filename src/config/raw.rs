@@ -67,6 +67,8 @@ pub struct Raw {
     values: BTreeMap<Key, RawValue>,
     /// The `push` array of tables, read by `push.rs` (its keys are per table, not in `SCHEMA`).
     push: Option<Value>,
+    /// The `api.federation` array of tables, read by `federation.rs`.
+    federation: Option<Value>,
 }
 
 impl Raw {
@@ -82,8 +84,13 @@ impl Raw {
                 Table::new()
             }
         };
+        let federation = table
+            .get_mut("api")
+            .and_then(Value::as_table_mut)
+            .and_then(|api| api.remove("federation"));
         let mut raw = Raw {
             push: table.remove("push"),
+            federation,
             ..Raw::default()
         };
         check_unknown_keys(&table, "", problems);
@@ -169,6 +176,11 @@ impl Raw {
     /// Whether `key` was set, in the file or the environment.
     pub fn is_set(&self, key: Key) -> bool {
         self.values.contains_key(&key)
+    }
+
+    /// The `api.federation` value of the file, as written.
+    pub fn federation(&self) -> Option<&Value> {
+        self.federation.as_ref()
     }
 
     /// The `push` value of the file, as written.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorCode};
 use super::extract::{Authorized, Keys, StrictJson, Tokens};
+use super::policy::authorize_sub;
 use super::{ApiState, Tracked};
 use crate::keys::manager::{KeyManager, ManagerError, SignGate};
 use crate::keys::{KeyState, Kid, Listing, listing};
@@ -67,6 +68,7 @@ async fn issue_token(
     StrictJson(body): StrictJson<TokenInput>,
 ) -> Result<Response, ApiError> {
     let request = TokenRequest::parse(body)?;
+    authorize_sub(&caller, &request.subject.sub(), "/v1/tokens")?;
     let checked = state.issuer.check(&request)?;
     let snapshot = state.manager.snapshot();
     let signer = snapshot.signer.as_ref().ok_or_else(|| {

@@ -1,8 +1,10 @@
 //! Bearer authentication of the API listener (docs/reference.md §4).
 //!
-//! The tokens file holds lines `sha256:<hex> <name> [scope,...]`; bearer tokens are never stored
-//! in clear. A presented token is hashed and compared in constant time against every digest. With
-//! no tokens file, `<keys.dir>/api-token` (mode 0600) holds a development token.
+//! The tokens file holds lines `sha256:<hex> <name> [scope,...] [sub=GLOB,...]`; bearer tokens
+//! are never stored in clear. `sub=` binds the caller to the `sub` values it may obtain
+//! (`policy.rs`); it runs to the end of the line, so a glob may hold a project name's spaces. A
+//! presented token is hashed and compared in constant time against every digest. With no tokens
+//! file, `<keys.dir>/api-token` (mode 0600) holds a development token.
 
 use std::fmt;
 use std::io;
@@ -14,6 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use subtle::ConstantTimeEq;
 
+use super::policy::{GlobError, SubPolicy, check_glob};
 use crate::discovery::hex;
 use crate::keys::store::{Access, KeyDir};
 
@@ -49,6 +52,19 @@ impl Scope {
 pub struct Caller {
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// The `sub` values it may obtain.
+    pub subs: SubPolicy,
+}
+
+impl Caller {
+    /// Whether this caller may sign (scope `tokens` or `credentials`) for any `sub`.
+    pub fn signs_any_sub(&self) -> bool {
+        !self.subs.is_bound()
+            && self
+                .scopes
+                .iter()
+                .any(|s| matches!(s, Scope::Tokens | Scope::Credentials))
+    }
 }
 
 struct Entry {
@@ -116,8 +132,10 @@ pub enum LineError {
     NoName,
     #[error("unknown scope {0:?}: use tokens, credentials or keys")]
     UnknownScope(String),
-    #[error("too many fields: expected `sha256:<hex> <name> [scope,...]`")]
+    #[error("too many fields: expected `sha256:<hex> <name> [scope,...] [sub=GLOB,...]`")]
     TooManyFields,
+    #[error("sub=: {0}")]
+    Sub(#[from] GlobError),
 }
 
 impl ApiTokens {
@@ -165,6 +183,16 @@ impl ApiTokens {
         }
         found
     }
+
+    /// The callers that may sign for any `sub`: lines without `sub=` that hold the `tokens` or
+    /// `credentials` scope.
+    pub fn unbound_signers(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|e| e.caller.signs_any_sub())
+            .map(|e| e.caller.name.as_str())
+            .collect()
+    }
 }
 
 /// A tokens file decides who may mint tokens: like OpenSSH's StrictModes, refuse one that
@@ -197,6 +225,10 @@ fn check_tokens_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), Tokens
 }
 
 fn parse_line(line: &str) -> Result<Entry, LineError> {
+    let (line, subs) = match sub_field(line) {
+        Some(at) => (&line[..at], parse_subs(&line[at + 4..])?),
+        None => (line, SubPolicy::Any),
+    };
     let mut fields = line.split_whitespace();
     let digest_text = fields.next().unwrap_or_default();
     let hex_text = digest_text
@@ -216,8 +248,24 @@ fn parse_line(line: &str) -> Result<Entry, LineError> {
     }
     Ok(Entry {
         digest,
-        caller: Caller { name, scopes },
+        caller: Caller { name, scopes, subs },
     })
+}
+
+/// Where the `sub=` field starts: the first field that begins with it.
+fn sub_field(line: &str) -> Option<usize> {
+    line.match_indices("sub=")
+        .map(|(at, _)| at)
+        .find(|&at| at > 0 && line[..at].ends_with(char::is_whitespace))
+}
+
+/// The globs of a `sub=` field: comma-separated, to the end of the line.
+fn parse_subs(text: &str) -> Result<SubPolicy, GlobError> {
+    let globs: Vec<String> = text.trim().split(',').map(str::to_owned).collect();
+    for glob in &globs {
+        check_glob(glob)?;
+    }
+    Ok(SubPolicy::Globs(globs))
 }
 
 fn decode_hex32(text: &str) -> Option<[u8; 32]> {
@@ -246,14 +294,30 @@ pub fn new_token() -> BearerToken {
     BearerToken(format!("tfeoidc_{}", B64.encode(bytes)))
 }
 
-/// The tokens-file line that accepts `token` for `name` with `scopes`.
+/// The tokens-file line that accepts `token` for `name` with `scopes`, for any `sub`.
 pub fn tokens_file_line(token: &BearerToken, name: &str, scopes: &[Scope]) -> String {
+    bound_tokens_file_line(token, name, scopes, &[])
+}
+
+/// The tokens-file line that accepts `token` for `name` with `scopes`, bound to `subs` when
+/// any are given; the caller has checked each with `check_glob`.
+pub fn bound_tokens_file_line(
+    token: &BearerToken,
+    name: &str,
+    scopes: &[Scope],
+    subs: &[String],
+) -> String {
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    format!(
+    let mut line = format!(
         "sha256:{} {name} {}",
         hex(&sha256(token.0.as_bytes())),
         scopes.join(",")
-    )
+    );
+    if !subs.is_empty() {
+        line.push_str(" sub=");
+        line.push_str(&subs.join(","));
+    }
+    line
 }
 
 /// The development token: read from `<keys_dir>/api-token`, created (mode 0600) when absent.
@@ -348,5 +412,35 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn sub_runs_to_the_end_of_the_line_and_binds_the_caller() {
+        let token = new_token();
+        let subs =
+            ["organization:acme:project:Default Project:workspace:prod:run_phase:*".to_owned()];
+        let line = bound_tokens_file_line(&token, "ci", &[Scope::Credentials], &subs);
+        let tokens = ApiTokens::parse(&line).unwrap();
+        let caller = tokens.authenticate(&token.0).unwrap();
+        assert_eq!(caller.subs, SubPolicy::Globs(subs.to_vec()));
+        assert!(tokens.unbound_signers().is_empty());
+        // Without scopes, and with two globs.
+        let digest = "0".repeat(64);
+        let tokens = ApiTokens::parse(&format!("sha256:{digest} ci sub=a:*,b:*")).unwrap();
+        let caller = &tokens.entries[0].caller;
+        assert_eq!(caller.scopes.len(), 3);
+        assert_eq!(
+            caller.subs,
+            SubPolicy::Globs(vec!["a:*".into(), "b:*".into()])
+        );
+        let err = ApiTokens::parse(&format!("sha256:{digest} ci tokens sub=a,,b"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sub=: a sub glob is empty"), "{err}");
+        let tokens = ApiTokens::parse(&format!(
+            "sha256:{digest} tfe tokens\nsha256:{digest} op keys"
+        ))
+        .unwrap();
+        assert_eq!(tokens.unbound_signers(), ["tfe"]);
     }
 }

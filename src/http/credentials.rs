@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::ApiState;
 use super::error::ApiError;
 use super::extract::{Authorized, Credentials, StrictJson};
+use super::policy::authorize_sub;
 use crate::exchange::{ExchangeError, Minter, RevokeRequest, revoke};
 use crate::token::claims::{Audience, RunContext, RunInput};
 use crate::token::kinds::Subject;
@@ -44,6 +45,8 @@ pub async fn exchange(
 ) -> Result<Uncached, ApiError> {
     let run = RunContext::parse(&body.run)
         .map_err(|e| ApiError::invalid(Some(&format!("run.{}", e.field)), e.message))?;
+    // Every token the exchange signs (Vault logins and manual audiences) has this run's sub.
+    authorize_sub(&caller, &run.subject(), "/v1/credentials")?;
     let minter = ApiMinter {
         state: &state,
         run: &run,

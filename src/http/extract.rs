@@ -59,13 +59,17 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
     ) -> Result<Self, ApiError> {
         let presented = bearer(&parts.headers).ok_or_else(|| {
             ApiError::Unauthorized(
-                "send Authorization: Bearer <api token> (see `tfe-oidc api-token new`)".into(),
+                "send Authorization: Bearer <api token or federated upstream token> (see `tfe-oidc api-token new`)".into(),
             )
         })?;
-        let tokens = state.api_tokens.load();
-        let caller = tokens
-            .authenticate(presented)
-            .ok_or_else(|| ApiError::Unauthorized("the bearer token is not valid".into()))?;
+        let known = state.api_tokens.load().authenticate(presented).cloned();
+        let caller = match known {
+            Some(caller) => caller,
+            None => {
+                let now = state.manager.now();
+                state.federation.authenticate(presented, now).await?
+            }
+        };
         if !caller.scopes.contains(&S::SCOPE) {
             let scope = S::SCOPE.as_str();
             tracing::warn!(target: "audit", event = "forbidden", caller = %caller.name, scope, "call outside the caller's scopes");
@@ -75,7 +79,7 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
             )));
         }
         Ok(Authorized {
-            caller: caller.clone(),
+            caller,
             scope: PhantomData,
         })
     }

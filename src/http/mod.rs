@@ -1,7 +1,9 @@
 //! The two HTTP listeners: the state they share, the accept loop and graceful shutdown.
 //!
 //! - `internal.rs`: the discovery listener's routes (docs/reference.md §3).
-//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens;
+//! - `api.rs`: the authenticated API's routes (docs/reference.md §4); `auth.rs` its bearer tokens,
+//!   `federation.rs` its federated callers (upstream OIDC tokens), `policy.rs` the `sub` each
+//!   caller may obtain;
 //!   `credentials.rs` the credential exchange's routes; `extract.rs` the caller and body extractors.
 //! - `error.rs`: the one API error → status mapping. `tls.rs`: rustls configuration.
 //!
@@ -15,7 +17,9 @@ pub mod conn;
 pub mod credentials;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod internal;
+pub mod policy;
 pub mod tls;
 
 use std::future::Future;
@@ -58,6 +62,8 @@ pub struct ApiState {
     pub manager: Arc<KeyManager>,
     pub issuer: TokenIssuer,
     pub api_tokens: Reloadable<ApiTokens>,
+    /// The `[[api.federation]]` rules: upstream tokens accepted as callers.
+    pub federation: federation::Federation,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     /// The credential exchange: Vault pools and the `[exchange]` settings.

@@ -144,6 +144,15 @@ impl Subject {
         }
     }
 
+    /// The `sub` claim of this subject's token.
+    pub fn sub(&self) -> String {
+        match self {
+            Subject::Run(c) => c.subject(),
+            Subject::ModuleTest(c) => c.subject(),
+            Subject::Stack(c) => c.subject(),
+        }
+    }
+
     /// The phase the token is for: a module test is always a plan; a Stacks operation is one.
     pub fn phase(&self) -> RunPhase {
         match self {

@@ -11,6 +11,7 @@ mod crash;
 mod deploy;
 mod discovery;
 mod exchange;
+mod federation;
 mod ha;
 mod jose;
 mod kinds;
