@@ -95,25 +95,33 @@ fn replica(issuer: &str, store: &str, discovery: SocketAddr) -> Setup {
     setup
 }
 
-/// HAProxy in front of the discovery listeners, checking each replica's `/readyz`.
+/// HAProxy in front of the discovery listeners, checking each replica's `/readyz`: the
+/// configuration of `deploy/ha/haproxy.cfg`, with loopback addresses and a check every 300 ms.
 fn haproxy(dir: &Path, port: u16, setups: &[Setup]) -> Option<Process> {
     let bin = require_tool("haproxy")?;
-    let servers: String = setups
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "  server r{i} {} check port {}\n",
-                s.discovery,
-                s.api.port()
-            )
-        })
-        .collect();
-    let config = format!(
-        "global\n  maxconn 2000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 10s\n  option redispatch\n  retries 2\n\
-         frontend issuer\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
-         backend replicas\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n{servers}"
-    );
+    let deployed = std::fs::read_to_string(common::deploy_dir().join("ha/haproxy.cfg")).unwrap();
+    let mut config = String::new();
+    let mut servers = 0;
+    for line in deployed.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("bind ") {
+            config.push_str(&format!("  bind 127.0.0.1:{port}\n"));
+        } else if trimmed.starts_with("default-server ") {
+            config.push_str("  default-server inter 300ms fall 2 rise 2\n");
+        } else if trimmed.starts_with("server ") {
+            if servers == 0 {
+                for (i, s) in setups.iter().enumerate() {
+                    let api = s.api.port();
+                    config.push_str(&format!("  server r{i} {} check port {api}\n", s.discovery));
+                }
+            }
+            servers += 1;
+        } else {
+            config.push_str(line);
+            config.push('\n');
+        }
+    }
+    assert!(servers > 0, "deploy/ha/haproxy.cfg names no server");
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
     let mut command = std::process::Command::new(bin);
