@@ -800,3 +800,22 @@ async fn with_client_ca_a_certificate_from_another_ca_fails_the_handshake() {
     assert!(error.status().is_none(), "{error:?}");
     server.stop().await;
 }
+
+/// The provider metadata example of docs/reference.md (section 3.3) is the golden document with
+/// an example issuer: a claim added to the service but not to the docs fails here.
+#[test]
+fn the_reference_documents_the_metadata_the_service_serves() {
+    let reference =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md"))
+            .unwrap();
+    let section = &reference[reference.find("### 3.3 Provider metadata").unwrap()..];
+    let start = section.find("```json\n").unwrap() + "```json\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let documented: Value = serde_json::from_str(&section[start..end]).unwrap();
+    let issuer = documented["issuer"].as_str().unwrap();
+    let served: Value = serde_json::from_str(
+        &golden("openid-configuration.json").replace(ISSUER_PLACEHOLDER, issuer),
+    )
+    .unwrap();
+    assert_eq!(documented, served);
+}

@@ -12,7 +12,8 @@
 //!
 //! What must hold: no login refused (none are attempted while quorum is lost); every token's key
 //! was served through HAProxy before the token was asked for, and HAProxy never serves a JWKS
-//! without the key of a token already handed out; `/readyz` of every replica answers 503 once no
+//! without the key of a token already handed out; no replica's own JWKS ever loses a key (every
+//! key's tokens outlive the test, so none may leave); `/readyz` of every replica answers 503 once no
 //! node answers; no transit version ever holds two keys, and the record's rotations are at least
 //! one period apart. The figures are printed for `bench/README.md`.
 
@@ -174,6 +175,29 @@ async fn watch_jwks(lb: SocketAddr, seen: Arc<Observed>) {
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls each replica's own JWKS: no key may ever leave it during the test (every key's tokens
+/// outlive the test), so a key set that goes backwards shows as a kid that vanished.
+async fn watch_replicas(discovery: Vec<SocketAddr>, seen: Arc<Observed>) {
+    let mut held: Vec<BTreeSet<String>> = vec![BTreeSet::new(); discovery.len()];
+    while !seen.stop.load(Ordering::Relaxed) {
+        for (i, addr) in discovery.iter().enumerate() {
+            let (status, body) = get(*addr, "/.well-known/jwks").await;
+            if status != 200 {
+                continue;
+            }
+            let kids = common::jwks_kids(&serde_json::from_str(&body).unwrap_or(Value::Null));
+            let lost: Vec<&String> = held[i].difference(&kids).collect();
+            if !lost.is_empty() {
+                seen.violation(format!(
+                    "replica {i}'s key set went backwards: {lost:?} left it"
+                ));
+            }
+            held[i].extend(kids);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -350,6 +374,8 @@ async fn replicas_on_a_raft_cluster_through_leader_loss_restarts_a_frozen_replic
 
     let seen = Arc::new(Observed::default());
     let watcher = tokio::spawn(watch_jwks(lb, Arc::clone(&seen)));
+    let discovery = setups.iter().map(|s| s.discovery).collect();
+    let replica_watcher = tokio::spawn(watch_replicas(discovery, Arc::clone(&seen)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let apis = setups
         .iter()
@@ -439,6 +465,7 @@ async fn replicas_on_a_raft_cluster_through_leader_loss_restarts_a_frozen_replic
     seen.stop.store(true, Ordering::Relaxed);
     loader.await.unwrap();
     watcher.await.unwrap();
+    replica_watcher.await.unwrap();
 
     // The record's whole history: one key per transit version, rotations a period apart.
     let mut versions: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
