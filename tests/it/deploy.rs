@@ -71,8 +71,8 @@ fn the_example_config_loads_and_check_config_only_misses_its_files() {
 }
 
 /// The unit as installed, but with `ExecStart` on the binary cargo built: `systemd-analyze
-/// verify` refuses a unit whose executable does not exist, and `/usr/local/bin/tfe-oidc` does
-/// not exist here. It exits 0 even on unknown keys, so its output must be empty too.
+/// verify` refuses a unit whose executable does not exist, and `/usr/bin/tfe-oidc` may not exist
+/// here. It exits 0 even on unknown keys, so its output must be empty too.
 #[test]
 fn the_systemd_unit_verifies_and_sandboxes_the_key_directory() {
     let Some(analyze) = require_tool("systemd-analyze") else {
@@ -84,11 +84,18 @@ fn the_systemd_unit_verifies_and_sandboxes_the_key_directory() {
         "NoNewPrivileges=yes",
         "User=tfe-oidc",
         "StateDirectory=tfe-oidc",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/bin/tfe-oidc serve --config /etc/tfe-oidc/tfe-oidc.toml",
+        // Not /bin/kill, which a minimal Debian lacks.
+        "ExecReload=/bin/sh -c 'kill -HUP \"$$1\"' reload $MAINPID",
+        "RestartPreventExitStatus=64",
+        "ConfigurationDirectoryMode=0750",
         "CapabilityBoundingSet=",
     ] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
     }
+    // RestartPreventExitStatus= covers only the main process: an ExecStartPre= that exits 64
+    // would be restarted forever. `serve` checks the configuration itself.
+    assert!(!unit.contains("\nExecStartPre="), "the unit has an ExecStartPre=");
     // keys.dir is the StateDirectory, and the audit file is in the LogsDirectory.
     let config = example_config().unwrap();
     assert_eq!(config.keys.dir, std::path::Path::new("/var/lib/tfe-oidc"));
@@ -100,7 +107,7 @@ fn the_systemd_unit_verifies_and_sandboxes_the_key_directory() {
     let built = binary();
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/tfe-oidc", built.to_str().unwrap()),
+        unit.replace("/usr/bin/tfe-oidc", built.to_str().unwrap()),
     )
     .unwrap();
     let output = Command::new(analyze)
