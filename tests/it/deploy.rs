@@ -297,6 +297,23 @@ fn the_kubernetes_manifests_agree_with_the_config_they_carry() {
     );
     let build = read("container/build-image.sh");
     assert!(build.contains("TAG=${TAG:-localhost/tfe-oidc:$VERSION}"));
+    // The image runs what the Deployment runs, as the user the pod's securityContext names, with
+    // the key volume where the manifest mounts it.
+    let containerfile = read("container/Containerfile");
+    let cmd = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(cmd).unwrap(),
+        container["args"]
+    );
+    let user = &pod["securityContext"];
+    assert!(containerfile.contains(&format!(
+        "USER {}:{}",
+        user["runAsUser"], user["runAsGroup"]
+    )));
+    assert!(containerfile.contains("VOLUME /var/lib/tfe-oidc"));
 }
 
 #[test]
