@@ -12,7 +12,9 @@
 //!
 //! The issuer host runs `tfe-oidc serve` on `deploy/tfe-oidc.toml` (addresses swapped for the
 //! test subnet): discovery on its internal address over TLS with a CA from
-//! `deploy/tls/make-certs.sh`, `allow` = the Vault host, the API on its own loopback. The Vault
+//! `deploy/tls/make-certs.sh`, `allow` = the Vault host, the API on its own loopback (the
+//! example's variant for TFE on the same host; the remote API's TLS and allow list are
+//! `deploy.rs`'s and the package test's business). The Vault
 //! host runs OpenBao wired by `deploy/vault/configure.sh`. The outside host only tries.
 //!
 //! Runs as root (CI does). Without root or `ip`, it fails in CI and skips only with
@@ -213,7 +215,15 @@ struct IssuerHost {
 fn example_config(dir: &Path) -> String {
     let text = std::fs::read_to_string(common::deploy_dir().join("tfe-oidc.toml")).unwrap();
     let vault = format!("{VAULT_ADDR}/32");
+    // The API that runners and Prometheus reach, back on loopback only.
+    let remote_api = concat!(
+        "listen = \"10.0.7.10:8080\"\n",
+        "tls_cert = \"/etc/tfe-oidc/tls/api.pem\"\n",
+        "tls_key = \"/etc/tfe-oidc/tls/api-key.pem\"\n",
+        "allow = [\"10.0.7.0/24\", \"10.0.9.0/24\", \"10.0.6.5/32\"]\n",
+    );
     let swaps = [
+        (remote_api, "listen = \"127.0.0.1:8080\"\n".to_owned()),
         ("\"10.0.7.10:8443\"", format!("\"{ISSUER_ADDR}:8443\"")),
         (
             "[\"10.0.8.21/32\", \"10.0.8.22/32\"]",

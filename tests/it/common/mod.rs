@@ -528,11 +528,18 @@ pub fn deploy_dir() -> PathBuf {
 /// Runs `deploy/tls/make-certs.sh` into `out` for `san` (e.g. `IP:10.231.7.10`); panics with its
 /// output unless it succeeds. `None` when openssl is missing and skipping is allowed.
 pub fn make_certs(out: &Path, san: &str) -> Option<()> {
+    make_named_cert(out, san, "server")
+}
+
+/// `make_certs` for the certificate `<name>.pem` (`NAME=<name> make-certs.sh`), under the CA in
+/// `out` (made when missing).
+pub fn make_named_cert(out: &Path, san: &str, name: &str) -> Option<()> {
     require_tool("openssl")?;
     let output = Command::new("bash")
         .arg(deploy_dir().join("tls/make-certs.sh"))
         .env("OUT", out)
         .env("SAN", san)
+        .env("NAME", name)
         .output()
         .unwrap();
     assert!(
