@@ -19,11 +19,17 @@
 //!   renewal and revocation.
 //! - [`validate`]: the network validator, run where Vault runs; never touches the key store.
 //! - [`cli`]: the commands of docs/reference.md §1 and their exit statuses.
+//! - [`glob`]: Vault's glob matching, for audiences and `sub` bindings.
+//!
+//! Each module uses only the ones below it: `config` builds the value types that `keys`,
+//! `token` and `vault` own (`RsaBits`, `TransitConfig`, `Issuer`, `TokenPolicy`, `VaultAuth`),
+//! and none of those reaches up into `config`, `cli` or `http`.
 
 pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod exchange;
+pub mod glob;
 pub mod http;
 pub mod keys;
 pub mod push;

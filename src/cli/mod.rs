@@ -183,7 +183,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::ApiToken(ApiTokenCommand::New { name, scopes, subs }) => {
             api_token_new(&name, &scopes, &subs)
         }
-        Command::Validate(args) => crate::validate::command::command(args).map_err(Failure::from),
+        Command::Validate(args) => validate(args),
         Command::Run(args) => match run::run(*args) {
             Ok(status) => return ExitCode::from(status),
             Err(failure) => Err(failure),
@@ -196,6 +196,18 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+fn validate(args: ValidateArgs) -> Result<(), Failure> {
+    let request = crate::validate::command::Request {
+        issuer: args.issuer,
+        ca_file: args.ca_file,
+        token: args.token,
+        audience: args.audience,
+        expect_unreachable: args.expect_unreachable,
+        json: args.format == OutputFormat::Json,
+    };
+    crate::validate::command::command(request).map_err(Failure::from)
 }
 
 /// A command's failure: its exit status and what to tell the operator.

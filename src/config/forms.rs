@@ -6,6 +6,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use crate::glob::glob_match;
+pub use crate::keys::RsaBits;
+
 /// Why a value does not have its form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
@@ -15,25 +18,6 @@ pub enum FormError {
     /// An RSA key size other than 2048, 3072 or 4096 bits.
     #[error("must be 2048, 3072 or 4096")]
     RsaBits(i64),
-}
-
-/// The size of the RSA keys the service creates. Keys already in the store keep their size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum RsaBits {
-    #[default]
-    Rsa2048,
-    Rsa3072,
-    Rsa4096,
-}
-
-impl RsaBits {
-    pub fn bits(self) -> u32 {
-        match self {
-            RsaBits::Rsa2048 => 2048,
-            RsaBits::Rsa3072 => 3072,
-            RsaBits::Rsa4096 => 4096,
-        }
-    }
 }
 
 impl TryFrom<i64> for RsaBits {
@@ -70,26 +54,6 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// A glob where `*` matches any run of characters (including none) and nothing else is special.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,22 +88,5 @@ mod tests {
             parse_cidr("10.0.0.0/33").unwrap_err().to_string(),
             "\"10.0.0.0/33\" is not an address or CIDR block such as 10.0.7.0/24"
         );
-    }
-
-    #[test]
-    fn glob_matches_like_vault() {
-        assert!(glob_match("a*c", "abc"));
-        assert!(glob_match("a*c", "ac"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("a*c", "ab"));
-        assert!(glob_match(
-            "//iam.googleapis.com/*",
-            "//iam.googleapis.com/projects/1"
-        ));
-        assert!(!glob_match(
-            "vault.workload.identity",
-            "vault.workload.identityX"
-        ));
-        assert!(!glob_match("a*a", "a"));
     }
 }

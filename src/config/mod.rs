@@ -11,17 +11,17 @@
 mod describe;
 pub mod federation;
 mod forms;
-mod issuer;
 mod listener;
 pub mod push;
 pub mod raw;
 pub mod schema;
 pub mod vault;
 
+pub use crate::token::TokenPolicy;
+pub use crate::token::issuer::{Issuer, IssuerError, check_issuer};
 pub use describe::{describe, short_duration};
 pub use federation::FederationRule;
 pub use forms::{FormError, RsaBits, glob_match, is_loopback};
-pub use issuer::{Issuer, IssuerError, check_issuer};
 use listener::listener;
 pub use listener::{ListenerConfig, TlsFiles};
 pub use push::PushTarget;
@@ -67,25 +67,6 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError(pub Vec<Problem>);
-
-/// Rules for the tokens this issuer signs.
-#[derive(Debug, Clone)]
-pub struct TokenPolicy {
-    pub default_audience: Audience,
-    /// Allowed `aud` patterns; `*` matches any run of characters.
-    pub audiences: Vec<String>,
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
-}
-
-impl TokenPolicy {
-    /// Whether `audience` matches one of the allowed patterns.
-    pub fn allows(&self, audience: &str) -> bool {
-        self.audiences
-            .iter()
-            .any(|pattern| glob_match(pattern, audience))
-    }
-}
 
 /// Which key store holds the signing keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

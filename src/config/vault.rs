@@ -9,17 +9,7 @@ use super::Problem;
 use super::raw::Raw;
 use super::schema::{Key, VaultKey};
 
-/// How the service logs in to a Vault. Neither variant holds a secret: only where to read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VaultAuth {
-    /// A Vault token, read from this file (so it can be replaced in place, by Vault Agent say).
-    TokenFile(PathBuf),
-    /// An AppRole login at `auth/approle/login`; the secret id is read from the file at each login.
-    AppRole {
-        role_id: String,
-        secret_id_file: PathBuf,
-    },
-}
+pub use crate::vault::VaultAuth;
 
 /// Which of the three login keys a problem with a login is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,28 +73,7 @@ pub fn path(text: &str, what: &str) -> Result<String, String> {
     }
 }
 
-/// `[keys.vault]`: where the Vault transit store keeps its keys and its lifecycle record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransitConfig {
-    /// `scheme://host[:port]` of each node (or balancer) of one Vault cluster, without a trailing
-    /// slash, tried in this order; never empty.
-    pub addrs: Vec<String>,
-    pub namespace: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    /// The transit mount: `transit`.
-    pub mount: String,
-    /// The transit key's name: `tfe-oidc`.
-    pub key: String,
-    pub auth: VaultAuth,
-    /// The bound of every Vault call.
-    pub timeout: Duration,
-    /// The KV version 2 mount that holds the lifecycle record: `secret`.
-    pub kv_mount: String,
-    /// The record's path in that mount: `tfe-oidc/<key>`.
-    pub kv_path: String,
-    /// How often a replica reads the record to see what the others committed.
-    pub refresh: Duration,
-}
+pub use crate::keys::store::transit::TransitConfig;
 
 /// The `[keys.vault]` section, required with `keys.store = "vault-transit"`.
 pub(super) fn transit(raw: &Raw, problems: &mut Vec<Problem>) -> Option<TransitConfig> {

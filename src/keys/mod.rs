@@ -28,6 +28,25 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, FakeClock, SystemClock, UnixTime};
 
+/// The size of the RSA keys the service creates. Keys already in the store keep their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RsaBits {
+    #[default]
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl RsaBits {
+    pub fn bits(self) -> u32 {
+        match self {
+            RsaBits::Rsa2048 => 2048,
+            RsaBits::Rsa3072 => 3072,
+            RsaBits::Rsa4096 => 4096,
+        }
+    }
+}
+
 /// A key id: the RFC 7638 JWK SHA-256 thumbprint, base64url without padding (43 characters).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -8,6 +8,7 @@
 
 pub mod claims;
 pub mod input;
+pub mod issuer;
 pub mod kinds;
 pub mod module_test;
 pub mod stack;
@@ -18,9 +19,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
-use crate::config::{Issuer, TokenPolicy};
+use crate::glob::glob_match;
 use crate::keys::{Kid, SignError, SigningKey, UnixTime};
 use claims::{Audience, FieldError};
+use issuer::Issuer;
 use kinds::{InputError, Kind, Subject, TokenClaims, TokenInput};
 
 /// A request for one token, validated field by field.
@@ -266,6 +268,25 @@ fn parse_ttl(text: &str) -> Result<Duration, FieldError> {
 
 fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+/// Rules for the tokens this issuer signs.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub default_audience: Audience,
+    /// Allowed `aud` patterns; `*` matches any run of characters.
+    pub audiences: Vec<String>,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl TokenPolicy {
+    /// Whether `audience` matches one of the allowed patterns.
+    pub fn allows(&self, audience: &str) -> bool {
+        self.audiences
+            .iter()
+            .any(|pattern| glob_match(pattern, audience))
+    }
 }
 
 #[cfg(test)]

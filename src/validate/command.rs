@@ -3,13 +3,11 @@
 //! bad usage such as an unreadable `--ca-file`).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-
-use crate::cli::{OutputFormat, ValidateArgs};
 
 use super::tls::Roots;
 use super::token::TokenText;
@@ -37,7 +35,20 @@ pub enum ValidateError {
     ChecksFailed { failed: usize },
 }
 
-pub fn command(args: ValidateArgs) -> Result<(), ValidateError> {
+/// What the command line asks `validate` for (built by `cli`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub issuer: String,
+    pub ca_file: Option<PathBuf>,
+    /// A token file, or `-` for standard input.
+    pub token: Option<String>,
+    pub audience: Option<String>,
+    pub expect_unreachable: bool,
+    /// The report as JSON instead of text.
+    pub json: bool,
+}
+
+pub fn command(args: Request) -> Result<(), ValidateError> {
     let options = options(
         args.issuer,
         args.ca_file.as_deref(),
@@ -50,9 +61,9 @@ pub fn command(args: ValidateArgs) -> Result<(), ValidateError> {
         .build()
         .map_err(ValidateError::Runtime)?;
     let report = runtime.block_on(run(&options));
-    match args.format {
-        OutputFormat::Text => print!("{}", report.to_text()),
-        OutputFormat::Json => println!("{}", report.to_json()),
+    match args.json {
+        false => print!("{}", report.to_text()),
+        true => println!("{}", report.to_json()),
     }
     if report.ok {
         return Ok(());

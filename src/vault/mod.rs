@@ -43,7 +43,7 @@ use serde_json::Value;
 pub use consistency::Consistency;
 pub use pool::{VaultClients, build as http_client, roots_from_pem};
 pub use response::{Auth, Secret};
-pub use session::{Session, SessionError};
+pub use session::{Session, SessionError, VaultAuth};
 
 /// A Vault client token. Its `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]

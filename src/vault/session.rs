@@ -6,12 +6,25 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use super::{Vault, VaultError, VaultToken};
-use crate::config::VaultAuth;
 
 /// How long a token read from a file is used before the file is read again (so that a token
 /// replaced in place, by Vault Agent say, is picked up without a signal).
 const TOKEN_FILE_TTL: Duration = Duration::from_secs(10);
+
+/// How the service logs in to a Vault. Neither variant holds a secret: only where to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// A Vault token, read from this file (so it can be replaced in place, by Vault Agent say).
+    TokenFile(PathBuf),
+    /// An AppRole login at `auth/approle/login`; the secret id is read from the file at each login.
+    AppRole {
+        role_id: String,
+        secret_id_file: PathBuf,
+    },
+}
 
 /// Why no token could be had. Never holds a secret: a path, or Vault's error text.
 #[derive(Debug, thiserror::Error)]

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use dir::{Access, KeyDir, is_kid_pem, is_own_temp};
 use pem::{pem_decode, pem_encode};
 
+use super::RsaBits;
 use super::{KeySet, Kid, SigningKey};
-use crate::config::RsaBits;
 
 const MANIFEST: &str = "keys.json";
 const LOCK: &str = ".lock";

@@ -35,6 +35,7 @@
 mod vault;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,13 +49,36 @@ use tokio::runtime::Handle;
 
 use self::vault::{CallError, KeyInfo as TransitKey, RecordRead, StoredRecord, TransitVault};
 use super::{KeyStore, Loaded, StoreError};
-use crate::config::{RsaBits, TransitConfig};
 use crate::keys::{
-    Clock, KeyInfo, KeySet, KeyState, Kid, PublicJwk, SignError, SigningKey, SystemClock, UnixTime,
+    Clock, KeyInfo, KeySet, KeyState, Kid, PublicJwk, RsaBits, SignError, SigningKey, SystemClock,
+    UnixTime,
 };
-use crate::vault::{Consistency, Endpoint, Session, VaultClients};
+use crate::vault::{Consistency, Endpoint, Session, VaultAuth, VaultClients};
 
 const FORMAT: u32 = 1;
+
+/// `[keys.vault]`: where the Vault transit store keeps its keys and its lifecycle record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitConfig {
+    /// `scheme://host[:port]` of each node (or balancer) of one Vault cluster, without a trailing
+    /// slash, tried in this order; never empty.
+    pub addrs: Vec<String>,
+    pub namespace: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// The transit mount: `transit`.
+    pub mount: String,
+    /// The transit key's name: `tfe-oidc`.
+    pub key: String,
+    pub auth: VaultAuth,
+    /// The bound of every Vault call.
+    pub timeout: Duration,
+    /// The KV version 2 mount that holds the lifecycle record: `secret`.
+    pub kv_mount: String,
+    /// The record's path in that mount: `tfe-oidc/<key>`.
+    pub kv_path: String,
+    /// How often a replica reads the record to see what the others committed.
+    pub refresh: Duration,
+}
 
 /// The record as stored in the KV secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
