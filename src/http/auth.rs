@@ -317,7 +317,10 @@ mod tests {
         if euid == 0 {
             std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
             let err = ApiTokens::load(&path).unwrap_err().to_string();
-            assert!(err.contains("owned by uid 4242") && err.contains("chown root"), "{err}");
+            assert!(
+                err.contains("owned by uid 4242") && err.contains("chown root"),
+                "{err}"
+            );
             std::os::unix::fs::chown(&path, Some(0), Some(4242)).unwrap();
             ApiTokens::load(&path).unwrap();
         }

@@ -136,6 +136,7 @@ impl From<ExchangeError> for ApiError {
             e @ ExchangeError::NotAllowed { .. } => ApiError::Forbidden(e.to_string()),
             e @ ExchangeError::Vault { .. } => ApiError::Upstream(e.to_string()),
             ExchangeError::Unavailable(message) => ApiError::Unavailable(message),
+            e @ ExchangeError::Cancelled(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }
