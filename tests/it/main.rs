@@ -13,6 +13,7 @@ mod discovery;
 mod exchange;
 mod jose;
 mod kinds;
+mod limits;
 mod listeners;
 mod monitoring;
 mod netns;
