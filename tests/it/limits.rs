@@ -1,10 +1,12 @@
 //! Limits the environment imposes on a `serve` process, and hostile answers from a Vault: the
 //! built binary as operators run it, next to Vaults faked in this process.
 //!
-//! The fake Vaults are plain loopback TCP listeners that answer every request the same way: a
-//! 2 GB body (announced, or chunked without an announced length), a body that trickles in, a
-//! login answer, an error text full of terminal escapes, a secret in a field of the wrong type.
-//! A real Vault cannot be made to answer like that on purpose.
+//! The fake Vaults are plain loopback TCP listeners, hostile on purpose: a 2 GB body (announced,
+//! or chunked without an announced length), a body that trickles in, a login answer, an error
+//! text full of terminal escapes, a secret in a field of the wrong type, an engine read that
+//! never answers (with `revoke-self` counted, for SIGTERM to the real process). A real Vault
+//! cannot be made to answer like that on purpose; tests/it/exchange.rs has the same cut-offs
+//! against a real OpenBao, with its token accessors listed.
 
 use crate::common;
 
@@ -21,8 +23,8 @@ use common::process::{Server, Setup, tfe_oidc};
 use common::raw::http;
 use common::{binary, require_tool, run_body};
 
-/// How a fake Vault answers each request, once the request has been read.
-type Answer = fn(&mut TcpStream);
+/// How a fake Vault answers each request, given the request's head (lowercased).
+type Answer = fn(&str, &mut TcpStream);
 
 /// A fake Vault on loopback that answers every request with `answer`; counts connections.
 struct FakeVault {
@@ -40,8 +42,8 @@ fn fake_vault(answer: Answer) -> FakeVault {
             let Ok(mut stream) = stream else { return };
             counted.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
-                if read_request(&mut stream) {
-                    answer(&mut stream);
+                if let Some(head) = read_request(&mut stream) {
+                    answer(&head, &mut stream);
                 }
             });
         }
@@ -49,14 +51,15 @@ fn fake_vault(answer: Answer) -> FakeVault {
     FakeVault { addr, connections }
 }
 
-/// Reads one request's head and its `Content-Length` body; false when the peer went away.
-fn read_request(stream: &mut TcpStream) -> bool {
+/// Reads one request's head (lowercased) and its `Content-Length` body; `None` when the peer
+/// went away.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => return false,
+            _ => return None,
         }
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -66,7 +69,7 @@ fn read_request(stream: &mut TcpStream) -> bool {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).is_ok()
+    stream.read_exact(&mut body).ok().map(|()| head)
 }
 
 fn respond(stream: &mut TcpStream, status: &str, body: &Value) {
@@ -81,7 +84,7 @@ fn respond(stream: &mut TcpStream, status: &str, body: &Value) {
 const TWO_GB: u64 = 2 << 30;
 
 /// 2 GB of JSON whitespace, announced by `Content-Length`, sent until the peer goes away.
-fn huge_announced(stream: &mut TcpStream) {
+fn huge_announced(_: &str, stream: &mut TcpStream) {
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {TWO_GB}\r\n\r\n"
@@ -94,7 +97,7 @@ fn huge_announced(stream: &mut TcpStream) {
 }
 
 /// 2 GB of JSON whitespace in chunks, with no announced length.
-fn huge_chunked(stream: &mut TcpStream) {
+fn huge_chunked(_: &str, stream: &mut TcpStream) {
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -109,7 +112,7 @@ fn huge_chunked(stream: &mut TcpStream) {
 }
 
 /// Headers at once, then one byte of the body every 200 ms.
-fn trickle(stream: &mut TcpStream) {
+fn trickle(_: &str, stream: &mut TcpStream) {
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
@@ -122,20 +125,35 @@ fn trickle(stream: &mut TcpStream) {
     }
 }
 
-fn escapes(stream: &mut TcpStream) {
+fn escapes(_: &str, stream: &mut TcpStream) {
     let text = "\u{1b}[31mpermission\u{1b}[0m denied\u{7}\u{1b}[2J";
     respond(stream, "403 Forbidden", &json!({ "errors": [text] }));
 }
 
-fn secret_in_type_error(stream: &mut TcpStream) {
+fn secret_in_type_error(_: &str, stream: &mut TcpStream) {
     let auth = json!({"client_token": "s.fake", "lease_duration": "s.SECRETINTYPEERROR"});
     respond(stream, "200 OK", &json!({ "auth": auth }));
 }
 
-fn login(stream: &mut TcpStream) {
+fn login(_: &str, stream: &mut TcpStream) {
     let auth = json!({"client_token": "s.fakelogin", "accessor": "a", "policies": ["default"],
         "lease_duration": 60, "renewable": false});
     respond(stream, "200 OK", &json!({ "auth": auth }));
+}
+
+/// Revocations `login_then_stall` was sent.
+static STALLED_REVOKED: AtomicUsize = AtomicUsize::new(0);
+
+/// A login answered at once, an AWS read that never is, and `revoke-self` counted.
+fn login_then_stall(head: &str, stream: &mut TcpStream) {
+    if head.starts_with("get /v1/aws/") {
+        std::thread::sleep(Duration::from_secs(120));
+    } else if head.starts_with("post /v1/auth/token/revoke-self") {
+        STALLED_REVOKED.fetch_add(1, Ordering::SeqCst);
+        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    } else {
+        login(head, stream);
+    }
 }
 
 /// A `serve` allowed to call `vaults`, with `env` set, run through `wrapper` (e.g. `prlimit`).
@@ -338,4 +356,68 @@ fn a_file_size_limit_fails_the_audit_write_instead_of_killing_the_server() {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("a cut line {line:?}: {e}"));
     }
     assert!(server.wait_exit(Duration::from_millis(10)).is_none());
+}
+
+/// SIGTERM to the real process while an exchange waits on a stalled engine read: 20 s in, the
+/// exchange is cut off, its Vault token revoked (`revoke-self` reaches the Vault) and the client
+/// answered 503; the process exits 0 within the 30 s drain.
+#[test]
+fn sigterm_during_a_stalled_exchange_revokes_its_vault_token() {
+    let vault = fake_vault(login_then_stall);
+    let setup = setup(&[&vault.addr], "");
+    let mut server = serve(&setup, &[], &[]);
+    let (api, bearer, addr) = (setup.api, setup.tokens.all.clone(), vault.addr.clone());
+    let client = std::thread::spawn(move || {
+        let body = json!({"run": run_body("acme", "prod", "plan"), "variables": {
+            "TFC_VAULT_PROVIDER_AUTH": "true", "TFC_VAULT_ADDR": addr,
+            "TFC_VAULT_RUN_ROLE": "r", "TFC_VAULT_CLIENT_TIMEOUT": "120",
+            "TFC_VAULT_BACKED_AWS_AUTH": "true", "TFC_VAULT_BACKED_AWS_AUTH_TYPE": "iam_user",
+            "TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE": "deploy"}});
+        let auth = format!("Bearer {bearer}");
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        http(
+            api,
+            "POST",
+            "/v1/credentials",
+            &headers,
+            body.to_string().as_bytes(),
+        )
+    });
+    let start = Instant::now();
+    while vault.connections.load(Ordering::SeqCst) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no engine read");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(STALLED_REVOKED.load(Ordering::SeqCst), 0);
+    let signalled = Instant::now();
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(35));
+    let took = signalled.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        server.stderr()
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let (status, _, text) = client.join().unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("the exchange was cut off (shutdown)"),
+        "{text}"
+    );
+    assert_eq!(
+        STALLED_REVOKED.load(Ordering::SeqCst),
+        1,
+        "revoke-self not sent"
+    );
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("credentials_abandoned") && stderr.contains("shutdown"),
+        "{stderr}"
+    );
+    eprintln!("SIGTERM to exit: {took:?}");
 }
