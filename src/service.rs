@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -19,6 +20,7 @@ use crate::config::{
     Config, ConfigError, Key, ListenerConfig, ListenerKey, Problem, Section, StoreKind,
 };
 use crate::discovery::{ProviderMetadata, Rendered};
+use crate::exchange::REVOKE_DEADLINE;
 use crate::http::auth::{self, ApiTokens};
 use crate::http::{self, ApiState, DiscoveryState, Listener, Reloadable};
 use crate::keys::Clock;
@@ -63,6 +65,10 @@ pub enum StartError {
     Task(String),
 }
 
+/// How long after shutdown begins a credential exchange still running is cut off: with
+/// `REVOKE_DEADLINE` for its revocation, it ends within the listeners' 30 s drain.
+const EXCHANGE_CUTOFF: Duration = Duration::from_secs(20);
+
 /// The files a SIGHUP reloads, and where the running service reads them.
 pub struct Reloader {
     config: Config,
@@ -84,12 +90,23 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, stops the rotator.
+    /// Stops accepting, lets in-flight requests finish, stops the rotator. A credential exchange
+    /// still running `EXCHANGE_CUTOFF` after the start is cut off, so that it can revoke its
+    /// Vault tokens (within `REVOKE_DEADLINE`) before the 30 s drain ends; exchanges and
+    /// revocations whose client went away are waited for as well.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        let state = Arc::clone(&self.state);
+        let cutoff = tokio::spawn(async move {
+            tokio::time::sleep(EXCHANGE_CUTOFF).await;
+            state.exchanger.cut_off();
+        });
         for task in self.tasks {
             let _ = task.await;
         }
+        cutoff.abort();
+        self.state.exchanger.cut_off();
+        self.state.exchanger.drain(REVOKE_DEADLINE).await;
     }
 
     /// What SIGHUP reloads, to run off the signal loop.
@@ -336,6 +353,7 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
         exchanger: crate::exchange::Exchanger::new(
             config.exchange.allowed_vault_addrs.clone(),
             config.exchange.vault_timeout,
+            config.max_body,
         ),
         max_body: config.max_body,
         pushes: Arc::clone(&pushes),

@@ -31,6 +31,10 @@ pub fn init_logging(json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (a full disk, a file-size limit on a redirected
+        // stderr) is lost; by default the subscriber would report it with `eprintln!`, which
+        // panics when stderr fails, and the request being served would be dropped.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let result = if json {
         builder.json().flatten_event(true).try_init()

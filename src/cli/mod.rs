@@ -338,16 +338,21 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    /// Caught and never acted on: past a file-size limit (`ulimit -f`) a write then fails with
+    /// EFBIG, which the audit trail reports (503), instead of the signal killing the process.
+    _xfsz: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     fn new() -> Signals {
         use tokio::signal::unix::{SignalKind, signal};
         let handler = |kind| signal(kind).expect("a signal handler can be installed");
+        let xfsz = SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
         Signals {
             term: handler(SignalKind::terminate()),
             int: handler(SignalKind::interrupt()),
             hup: handler(SignalKind::hangup()),
+            _xfsz: handler(xfsz),
         }
     }
 

@@ -4,6 +4,7 @@
 //! it got and what is allowed.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -50,6 +51,41 @@ impl VariableError {
             message: message.into(),
         }
     }
+}
+
+/// Reads the request's `variables` object, refusing a name given twice: a plain map keeps the
+/// last one, so the caller could not tell which value was used.
+pub fn unique_variables<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of variable names and string values")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut variables = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if variables.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "variable {} is given twice: send each variable once",
+                        shown(&name)
+                    )));
+                }
+                let value = map.next_value::<String>()?;
+                variables.insert(name, value);
+            }
+            Ok(variables)
+        }
+    }
+    deserializer.deserialize_map(Unique)
 }
 
 /// A variable found, with the name it was found under.

@@ -2,17 +2,22 @@
 //!
 //! Idempotent: Vault answers a revoked, expired or unknown token with 403 `permission denied`
 //! (or 400 `bad token`); that token is reported `not_valid`, not as an error.
+//!
+//! Every entry is checked before any call; then every token is revoked at once, all of them
+//! within `REVOKE_DEADLINE` (a silent Vault holds a request for one deadline, not one per token).
 
 use std::collections::BTreeMap;
 
+use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::lookup::{ConfigName, Found, path_value};
 use super::response::Login;
-use super::{ExchangeError, Exchanger, STEP_REVOKE, count};
+use super::{ExchangeError, Exchanger, REVOKE_DEADLINE, STEP_REVOKE, count};
 use crate::telemetry::Metrics;
-use crate::vault::{Endpoint, VaultToken, roots_from_pem};
+use crate::vault::{Endpoint, Vault, VaultError, VaultToken, roots_from_pem};
 
 /// The `vault` object of an exchange response; other fields of its entries are ignored.
 #[derive(Debug, Deserialize)]
@@ -35,7 +40,8 @@ pub struct RevokeEntry {
 }
 
 /// Revokes every token of `request`: `{"revoked": {"<config>": "revoked" | "not_valid"}}`.
-/// Every token is attempted; the first failure is returned after all were tried.
+/// A bad entry is refused before any token is revoked; then every token is attempted, and the
+/// first failure is returned after all were tried.
 pub async fn revoke(
     exchanger: &Exchanger,
     request: RevokeRequest,
@@ -48,10 +54,24 @@ pub async fn revoke(
             "there is no token to revoke: send the vault object of an exchange response",
         ));
     }
+    let targets = entries
+        .into_iter()
+        .map(|(name, field, entry)| {
+            let vault = client(exchanger, &name, &field, &entry)?;
+            Ok((name, vault, entry.token))
+        })
+        .collect::<Result<Vec<_>, ExchangeError>>()?;
+    let deadline = Instant::now() + REVOKE_DEADLINE;
+    let answers = join_all(
+        targets
+            .iter()
+            .map(|(name, vault, token)| revoke_one(name, vault, token, deadline, metrics)),
+    )
+    .await;
     let mut done = BTreeMap::new();
     let mut first_error = None;
-    for (name, field, entry) in &entries {
-        match revoke_one(exchanger, name, field, entry, metrics).await {
+    for ((name, _, _), answer) in targets.iter().zip(answers) {
+        match answer {
             Ok(outcome) => {
                 done.insert(name.as_str().to_owned(), outcome);
             }
@@ -78,13 +98,13 @@ fn entries(request: RevokeRequest) -> Vec<(ConfigName, String, RevokeEntry)> {
     entries
 }
 
-async fn revoke_one(
+/// The Vault client of one entry, after checking its address, namespace and CA.
+fn client(
     exchanger: &Exchanger,
     name: &ConfigName,
     field: &str,
     entry: &RevokeEntry,
-    metrics: &Metrics,
-) -> Result<&'static str, ExchangeError> {
+) -> Result<Vault, ExchangeError> {
     let address = origin(&entry.address).ok_or_else(|| {
         body_error(
             &format!("{field}.address"),
@@ -112,8 +132,18 @@ async fn revoke_one(
         ca_pem,
         timeout: exchanger.default_timeout,
     };
-    let vault = exchanger.allowed_client(&endpoint, &format!("{field}.address"), name)?;
-    let answer = vault.revoke_self(&entry.token).await;
+    exchanger.allowed_client(&endpoint, &format!("{field}.address"), name)
+}
+
+/// Revokes one token by `deadline`.
+async fn revoke_one(
+    name: &ConfigName,
+    vault: &Vault,
+    token: &VaultToken,
+    deadline: Instant,
+    metrics: &Metrics,
+) -> Result<&'static str, ExchangeError> {
+    let answer = bounded(vault.revoke_self(token), deadline).await;
     match answer {
         Err(e) if e.is_bad_token() => {
             metrics.vault_request(STEP_REVOKE, "not_valid");
@@ -146,13 +176,35 @@ fn body_error(field: &str, message: &str) -> ExchangeError {
     }
 }
 
-/// Revokes the tokens of a failed exchange, logging (never returning) what fails.
-pub(super) async fn quietly(logins: &[Login], metrics: &Metrics) {
-    for login in logins {
-        let answer = login.vault.revoke_self(&login.auth.client_token).await;
+/// `call`, failed with a timeout at `deadline`.
+async fn bounded<T>(
+    call: impl Future<Output = Result<T, VaultError>>,
+    deadline: Instant,
+) -> Result<T, VaultError> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or(Err(VaultError::Timeout(REVOKE_DEADLINE)))
+}
+
+/// Revokes the tokens of a failed, cut-off or undelivered exchange at once, within
+/// `REVOKE_DEADLINE`, logging (never returning) what fails; returns how many were revoked.
+pub(super) async fn quietly(logins: &[Login], metrics: &Metrics) -> usize {
+    let deadline = Instant::now() + REVOKE_DEADLINE;
+    let answers = join_all(
+        logins
+            .iter()
+            .map(|login| bounded(login.vault.revoke_self(&login.auth.client_token), deadline)),
+    )
+    .await;
+    let mut revoked = 0;
+    for (login, answer) in logins.iter().zip(answers) {
         count(metrics, STEP_REVOKE, &answer);
-        if let Err(e) = answer {
-            tracing::warn!(config = login.config.name.as_str(), error = %e, "cannot revoke the vault token of a failed exchange");
+        match answer {
+            Ok(()) => revoked += 1,
+            Err(e) => {
+                tracing::warn!(config = login.config.name.as_str(), error = %e, "cannot revoke the vault token of an exchange whose answer was not delivered")
+            }
         }
     }
+    revoked
 }

@@ -5,6 +5,8 @@
 //! included), between keep-alive requests, and for HTTP/2 alike. While a request is in flight the
 //! handler bounds it (an API body must arrive within the same time). On shutdown, a connection
 //! finishes the request it is serving (or one whose bytes have already arrived) and then closes;
+//! an HTTP/1 response written once shutdown has begun says `Connection: close`, so that the
+//! client does not send its next request on a connection about to close (it would be reset);
 //! an idle one closes after a short grace (longer for a connection that has not had a request
 //! yet: it was opened to send one). A peer that ignores HTTP/2's GOAWAY is dropped rather
 //! than waited for.
@@ -15,7 +17,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// What a connection is doing, shared between its service and its watchdog.
 #[derive(Default)]
 struct Activity {
+    /// Shutdown has begun: HTTP/1 responses announce the close.
+    draining: AtomicBool,
     in_flight: AtomicUsize,
     /// When the connection last finished a request, in milliseconds since it was accepted.
     last_done_ms: AtomicU64,
@@ -108,6 +112,7 @@ async fn serve_io<I>(
     let mut watching = true;
     loop {
         if matches!(phase, Phase::Open) && (!watching || *shutdown.borrow()) {
+            activity.draining.store(true, Ordering::Release);
             phase = Phase::Draining {
                 since: Instant::now(),
             };
@@ -203,9 +208,9 @@ struct Counted<S> {
     accepted: Instant,
 }
 
-impl<S, B> tower::Service<hyper::Request<B>> for Counted<S>
+impl<S, B, R> tower::Service<hyper::Request<B>> for Counted<S>
 where
-    S: tower::Service<hyper::Request<B>>,
+    S: tower::Service<hyper::Request<B>, Response = hyper::Response<R>>,
     S::Future: Unpin,
 {
     type Response = S::Response;
@@ -218,8 +223,10 @@ where
 
     fn call(&mut self, request: hyper::Request<B>) -> Self::Future {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        let http1 = request.version() < hyper::Version::HTTP_2;
         CountedFuture {
             inner: self.inner.call(request),
+            http1,
             done: Some(Done {
                 activity: Arc::clone(&self.activity),
                 accepted: self.accepted,
@@ -246,14 +253,27 @@ impl Drop for Done {
 /// The response future of a [`Counted`] service.
 pub struct CountedFuture<F> {
     inner: F,
+    http1: bool,
     done: Option<Done>,
 }
 
-impl<F: Future + Unpin> Future for CountedFuture<F> {
+impl<F, R, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<hyper::Response<R>, E>> + Unpin,
+{
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let output = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        let mut output = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        if let (Ok(response), Some(done)) = (&mut output, &self.done)
+            && self.http1
+            && done.activity.draining.load(Ordering::Acquire)
+        {
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
         self.done = None;
         Poll::Ready(output)
     }

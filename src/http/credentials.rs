@@ -2,8 +2,10 @@
 //! (scope `credentials`).
 //!
 //! The exchange itself is `crate::exchange`; this file reads the body, builds the `Minter` that
-//! signs each Vault login token with the current key (counted and audited with the caller's
-//! name, like `/v1/tokens`), and logs the outcome without any secret.
+//! signs each Vault login token with the current key behind the same gates as `/v1/tokens`
+//! (counted and audited with the caller's name), runs the exchange on the exchanger's tasks
+//! (a client that goes away cuts it off, and its Vault tokens are revoked), and logs the outcome
+//! without any secret.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +18,11 @@ use serde_json::Value;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{Authorized, Credentials, StrictJson};
+use super::extract::{Authorized, Credentials, RevocationJson, StrictJson};
 use super::policy::authorize_sub;
-use crate::exchange::{ExchangeError, Minter, RevokeRequest, revoke};
+use crate::exchange::lookup::unique_variables;
+use crate::exchange::{ExchangeError, Issued, Minter, RevokeRequest, revoke};
+use crate::keys::manager::SignGate;
 use crate::token::claims::{Audience, RunContext, RunInput};
 use crate::token::kinds::Subject;
 use crate::token::{IssuedToken, TokenRequest};
@@ -28,6 +32,7 @@ use crate::token::{IssuedToken, TokenRequest};
 #[serde(deny_unknown_fields)]
 pub struct ExchangeBody {
     run: RunInput,
+    #[serde(deserialize_with = "unique_variables")]
     variables: BTreeMap<String, String>,
 }
 
@@ -47,31 +52,60 @@ pub async fn exchange(
         .map_err(|e| ApiError::invalid(Some(&format!("run.{}", e.field)), e.message))?;
     // Every token the exchange signs (Vault logins and manual audiences) has this run's sub.
     authorize_sub(&caller, &run.subject(), "/v1/credentials")?;
+    let cancel = state.exchanger.cancellation();
+    // Dropped with this handler when the client goes away: the exchange is cut off.
+    let _client_gone = cancel.clone().drop_guard();
+    let task = run_exchange(
+        Arc::clone(&state),
+        run.clone(),
+        caller.name.clone(),
+        body.variables,
+        cancel,
+    );
+    let issued = state
+        .exchanger
+        .spawn(task)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the exchange task failed: {e}")))??;
+    let body = issued.deliver();
+    tracing::info!(target: "audit", event = "credentials_issued", caller = %caller.name, run = %run.run_id, workspace = %run.workspace_name, "credential exchange done");
+    Ok(uncached(body))
+}
+
+/// One exchange, audited when it fails (also when no client is left to answer).
+async fn run_exchange(
+    state: Arc<ApiState>,
+    run: RunContext,
+    caller: String,
+    variables: BTreeMap<String, String>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<Issued, ExchangeError> {
     let minter = ApiMinter {
         state: &state,
         run: &run,
-        caller: &caller.name,
+        caller: &caller,
     };
     let now = state.manager.now();
     let result = state
         .exchanger
-        .exchange(&body.variables, run.phase, &minter, &state.metrics, now)
+        .exchange(&variables, run.phase, &minter, &state.metrics, now, &cancel)
         .await;
     match &result {
-        Ok(_) => {
-            tracing::info!(target: "audit", event = "credentials_issued", caller = %caller.name, run = %run.run_id, workspace = %run.workspace_name, "credential exchange done")
+        Ok(_) => {}
+        Err(ExchangeError::Cancelled(cutoff)) => {
+            tracing::warn!(target: "audit", event = "credentials_abandoned", reason = cutoff.as_str(), caller = %caller, run = %run.run_id, workspace = %run.workspace_name, "credential exchange cut off: its vault tokens were revoked")
         }
         Err(e) => {
-            tracing::warn!(target: "audit", event = "credentials_refused", caller = %caller.name, run = %run.run_id, workspace = %run.workspace_name, error = %e, "credential exchange failed")
+            tracing::warn!(target: "audit", event = "credentials_refused", caller = %caller, run = %run.run_id, workspace = %run.workspace_name, error = %e, "credential exchange failed")
         }
     }
-    Ok(uncached(result?))
+    result
 }
 
 pub async fn revoke_credentials(
     State(state): State<Arc<ApiState>>,
     Authorized { caller, .. }: Authorized<Credentials>,
-    StrictJson(request): StrictJson<RevokeRequest>,
+    RevocationJson(request): RevocationJson<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let result = revoke(&state.exchanger, request, &state.metrics).await;
     match &result {
@@ -130,6 +164,12 @@ impl ApiMinter<'_> {
                 "no current signing key: the key store is not loaded; see the server log".into(),
             )
         })?;
+        // The push gate of /v1/tokens: no Vault may be asked to trust a key it cannot verify.
+        if !self.state.pushes.may_sign(signer.kid()) {
+            return Err(ExchangeError::Unavailable(
+                "a push target does not hold the current key yet, so no token is signed with it; see /readyz and the server log".into(),
+            ));
+        }
         let issued = self
             .state
             .issuer

@@ -35,8 +35,9 @@ pub enum ApiError {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
-    /// The body exceeds `api.max_body` (413).
-    #[error("the request body exceeds {0} bytes (api.max_body)")]
+    /// The body exceeds the route's bound: `api.max_body`, or for a revocation the larger bound
+    /// derived from it (413).
+    #[error("the request body exceeds {0} bytes, this route's bound (derived from api.max_body)")]
     PayloadTooLarge(usize),
     /// The body is not JSON (415).
     #[error("send the body as JSON with Content-Type: application/json")]
@@ -136,6 +137,7 @@ impl From<ExchangeError> for ApiError {
             e @ ExchangeError::NotAllowed { .. } => ApiError::Forbidden(e.to_string()),
             e @ ExchangeError::Vault { .. } => ApiError::Upstream(e.to_string()),
             ExchangeError::Unavailable(message) => ApiError::Unavailable(message),
+            e @ ExchangeError::Cancelled(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }

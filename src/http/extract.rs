@@ -2,9 +2,11 @@
 //! as one strict JSON object (`StrictJson`). Handlers take these and read as the operation they
 //! perform; every refusal is an `ApiError`, so a bad request changes nothing.
 //!
-//! A body must be `Content-Type: application/json`, within `api.max_body`, arrive within
+//! A body must be `Content-Type: application/json`, within `api.max_body` (a revocation: within
+//! the larger bound that every exchange answer fits, `RevocationJson`), arrive within
 //! `REQUEST_TIMEOUT`, and be exactly one JSON object: data after it, an array, or a malformed
-//! chunked encoding are 400s naming what is wrong.
+//! chunked encoding are 400s naming what is wrong. An error names the field and the types, never
+//! the value sent.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -100,22 +102,39 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for StrictJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
-        let (parts, body) = request.into_parts();
-        if !is_json(&parts.headers) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let limit = state.max_body;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        let bytes = read_body(body, limit).await?;
-        parse_object(&bytes).map(StrictJson)
+        json_body(request, state.max_body).await.map(StrictJson)
     }
+}
+
+/// A `POST /v1/credentials/revoke` body: a `StrictJson` within `Exchanger::revoke_limit`, so
+/// that the `vault` object of any exchange answer can be sent back.
+pub struct RevocationJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for RevocationJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
+        let limit = state.exchanger.revoke_limit;
+        json_body(request, limit).await.map(RevocationJson)
+    }
+}
+
+/// The body of `request`: one JSON object of type `T`, at most `limit` bytes.
+async fn json_body<T: DeserializeOwned>(request: Request, limit: usize) -> Result<T, ApiError> {
+    let (parts, body) = request.into_parts();
+    if !is_json(&parts.headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let bytes = read_body(body, limit).await?;
+    parse_object(&bytes)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -173,7 +192,7 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
         inner.classify(),
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof
     );
-    let message = inner.to_string();
+    let message = crate::vault::json_error_text(&inner);
     let missing = message
         .strip_prefix("missing field `")
         .and_then(|m| m.split('`').next());

@@ -42,7 +42,7 @@ use serde_json::Value;
 
 pub use consistency::Consistency;
 pub use pool::{VaultClients, build as http_client, roots_from_pem};
-pub use response::{Auth, Secret};
+pub use response::{Auth, Secret, json_error_text};
 pub use session::{Session, SessionError, VaultAuth};
 
 /// A Vault client token. Its `Debug` and `Display` never show it.
@@ -83,6 +83,9 @@ pub enum VaultError {
     /// The answer was not the JSON Vault sends for this call.
     #[error("vault's answer is not understood: {0}")]
     Decode(String),
+    /// The answer's body is larger than `MAX_RESPONSE`; it was not read to its end.
+    #[error("vault's answer exceeds {} MiB and was not read", MAX_RESPONSE >> 20)]
+    TooLarge,
     /// The address or the CA of an endpoint is unusable.
     #[error("{0}")]
     Setup(String),
@@ -136,6 +139,10 @@ fn tidy(text: &str) -> String {
     parts.join(", ")
 }
 
+/// The largest answer read from Vault, body included (docs/reference.md §4.6). Vault's own
+/// answers are a few KiB; this leaves room for a large `policies` list or a service account key.
+pub const MAX_RESPONSE: usize = 4 << 20;
+
 /// Where and how to reach one Vault.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -145,7 +152,7 @@ pub struct Endpoint {
     pub namespace: Option<String>,
     /// PEM certificates to trust instead of the system's roots.
     pub ca_pem: Option<Vec<u8>>,
-    /// The bound of every call, connection included.
+    /// The bound of every call, from connecting to the last byte of the answer.
     pub timeout: Duration,
 }
 
@@ -285,20 +292,47 @@ impl Vault {
         request
     }
 
-    /// Sends `request`; the answer of a 2xx (`None` for 204 or an empty body).
+    /// Sends `request`; the answer of a 2xx (`None` for 204 or an empty body). The timeout
+    /// bounds the whole call, the body included, and at most `MAX_RESPONSE` bytes are read.
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<response::Envelope>, VaultError> {
         let timeout = self.endpoint.timeout;
-        let response = request.send().await.map_err(|e| transport(e, timeout))?;
-        if let Some(consistency) = &self.consistency {
-            consistency.on_response(response.headers());
-        }
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| transport(e, timeout))?;
-        response::classify(status, &bytes)
+        let call = async {
+            let mut response = request.send().await.map_err(|e| transport(e, timeout))?;
+            if let Some(consistency) = &self.consistency {
+                consistency.on_response(response.headers());
+            }
+            let status = response.status().as_u16();
+            let body = bounded_body(&mut response, timeout).await?;
+            response::classify(status, &body)
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(VaultError::Timeout(timeout)))
     }
+}
+
+/// The body of `response`, refused past `MAX_RESPONSE` bytes (announced or received).
+async fn bounded_body(
+    response: &mut reqwest::Response,
+    timeout: Duration,
+) -> Result<Vec<u8>, VaultError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
+        return Err(VaultError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(e, timeout))? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(VaultError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn transport(e: reqwest::Error, timeout: Duration) -> VaultError {

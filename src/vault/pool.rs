@@ -7,7 +7,7 @@
 //! TLS is rustls with the aws-lc-rs provider. An endpoint with a CA trusts exactly that CA; one
 //! without trusts the system's roots (read once). Redirects are not followed: Vault sends a
 //! redirect only from a standby, and following one would carry the token to a host nobody
-//! checked.
+//! checked. The proxy variables (`HTTP_PROXY` and the like) are ignored for the same reason.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -84,8 +84,8 @@ fn ca_digest(pem: Option<&[u8]>) -> [u8; 32] {
     out
 }
 
-/// A reqwest client over rustls that trusts exactly `ca_pem` (else the system's roots) and
-/// follows no redirect; `tfe-oidc run` uses it for the tfe-oidc API too.
+/// A reqwest client over rustls that trusts exactly `ca_pem` (else the system's roots), follows
+/// no redirect and ignores the proxy variables; `tfe-oidc run` uses it for the tfe-oidc API too.
 pub fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, VaultError> {
     let roots = match ca_pem {
         Some(pem) => Arc::new(roots_from_pem(pem)?),
@@ -100,6 +100,9 @@ pub fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, VaultError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
+        // HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY are ignored: a proxy would carry signed
+        // tokens and Vault tokens around `exchange.allowed_vault_addrs`.
+        .no_proxy()
         .build()
         .map_err(|e| VaultError::Setup(format!("cannot build the vault client: {e}")))
 }

@@ -69,22 +69,95 @@ struct Errors {
     errors: Vec<String>,
 }
 
+/// Vault's error texts kept at most, and the characters kept of each.
+const MAX_ERRORS: usize = 8;
+const MAX_ERROR_CHARS: usize = 512;
+
 /// A 2xx answer's envelope (`None` when empty), or the error of any other status. The body is
-/// read straight into the envelope: serde_json's errors name a position and an expected type,
-/// never the value they read.
+/// read straight into the envelope; a decoding error names a position and the types, never the
+/// value read (`json_error_text`). Vault's error texts are kept without control characters or
+/// terminal escapes, and bounded: they reach the API's 502 bodies and the log.
 pub(super) fn classify(status: u16, body: &[u8]) -> Result<Option<Envelope>, VaultError> {
     if !(200..300).contains(&status) {
         let errors = serde_json::from_slice::<Errors>(body)
             .map(|e| e.errors)
             .unwrap_or_default();
+        let errors = errors
+            .iter()
+            .take(MAX_ERRORS)
+            .map(|e| printable(e))
+            .collect();
         return Err(VaultError::Status { status, errors });
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| VaultError::Decode(format!("not the JSON vault sends ({e})")))
+    serde_json::from_slice(body).map(Some).map_err(|e| {
+        VaultError::Decode(format!(
+            "not the JSON vault sends ({})",
+            json_error_text(&e)
+        ))
+    })
+}
+
+/// `text` without terminal escape sequences or control characters (line breaks and tabs are
+/// kept, for `tidy`), cut at `MAX_ERROR_CHARS`.
+fn printable(text: &str) -> String {
+    let (mut out, mut kept) = (String::new(), 0);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if kept == MAX_ERROR_CHARS {
+            out.push('…');
+            break;
+        }
+        match c {
+            // ESC [ parameters… final byte (0x40–0x7E): a CSI sequence such as a colour.
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => {
+                out.push(c);
+                kept += 1;
+            }
+        }
+    }
+    out
+}
+
+/// serde_json's text of `e` without the value it read: `invalid type: string "s.abc", expected
+/// u64` becomes `invalid type: string, expected u64`. The value may be a secret (a token in the
+/// wrong field).
+pub fn json_error_text(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if e.classify() != serde_json::error::Category::Data {
+        return text;
+    }
+    let Some((found, expected)) = text.rsplit_once(", expected ") else {
+        return text;
+    };
+    for prefix in [
+        "invalid type: ",
+        "invalid value: ",
+        "unknown variant ",
+        "invalid length ",
+    ] {
+        if let Some(value) = found.strip_prefix(prefix) {
+            let kind = value.split(['"', '`']).next().unwrap_or("").trim();
+            let (head, kind) = match prefix {
+                "unknown variant " | "invalid length " => (prefix.trim_end(), ""),
+                _ => (prefix.trim_end(), kind),
+            };
+            let sep = if kind.is_empty() { "" } else { " " };
+            return format!("{head}{sep}{kind}, expected {expected}");
+        }
+    }
+    text
 }
 
 /// The `auth` block of an answer.
@@ -149,8 +222,35 @@ mod tests {
             e.to_string(),
             r#"vault answered 400: role "x" could not be found"#
         );
+        let e = classify(
+            400,
+            b"{\"errors\":[\"\\u001b[31mred\\u001b[0m \\u0007bell\"]}",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.to_string(), "vault answered 400: red bell");
         let e = classify(502, b"<html>bad gateway</html>").err().unwrap();
         assert_eq!(e.to_string(), "vault answered 502: no error text");
         assert!(classify(204, b"").unwrap().is_none());
+    }
+
+    #[test]
+    fn decoding_errors_do_not_echo_values() {
+        let answer = br#"{"auth": {"client_token": "t", "lease_duration": "s.SECRETINTYPEERROR"}}"#;
+        let e = classify(200, answer).err().unwrap().to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("invalid type: string, expected u64"), "{e}");
+        let e = serde_json::from_str::<bool>(r#""s.SECRET""#).unwrap_err();
+        assert_eq!(
+            json_error_text(&e),
+            "invalid type: string, expected a boolean at line 1 column 10"
+        );
+        #[derive(Debug, Deserialize)]
+        enum Phase {
+            #[serde(rename = "plan")]
+            _Plan,
+        }
+        let e = serde_json::from_str::<Phase>(r#""s.SECRET""#).unwrap_err();
+        assert!(!json_error_text(&e).contains("SECRET"));
     }
 }

@@ -15,10 +15,11 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use common::bao::{Bao, deploy_vault, reasons};
-use common::{Secrets, TestServer, mount_engines, run_body, start_server, unix_now, wire};
+use common::{Options, Secrets, TestServer, mount_engines, run_body, start_server, unix_now, wire};
 use tfe_oidc::vault::{Endpoint, VaultClients, VaultToken};
 
 /// Every log line the services of this test binary wrote.
@@ -67,15 +68,31 @@ struct Fixture {
 }
 
 async fn fixture(tls: bool) -> Option<Fixture> {
-    capture_logs();
     let bao = if tls {
         Bao::start_tls().await?
     } else {
         Bao::start().await?
     };
+    let addr = bao.addr.clone();
+    Some(wired(bao, &[&addr], "").await)
+}
+
+/// `bao` wired to a new tfe-oidc that may call `allowed`, with `api_toml` in its `[api]`.
+async fn wired(bao: Bao, allowed: &[&str], api_toml: &str) -> Fixture {
+    capture_logs();
     let files = tempfile::tempdir().unwrap();
     let audit = files.path().join("audit.jsonl");
-    let server = start_server(&[&bao.addr], &audit, "10s").await;
+    let allowed: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+    let server = TestServer::start(Options {
+        tls: true,
+        extra_toml: format!(
+            "[exchange]\nallowed_vault_addrs = [{}]\nvault_timeout = \"10s\"\n[audit]\npath = {audit:?}\n",
+            allowed.join(", ")
+        ),
+        api_toml: api_toml.to_owned(),
+        ..Options::default()
+    })
+    .await;
     // The documented policy: it grants the engine paths the stand-ins serve, not azure/creds/denied.
     let policy = deploy_vault().join("policy.hcl");
     let policy = policy.to_str().unwrap().to_owned();
@@ -89,13 +106,13 @@ async fn fixture(tls: bool) -> Option<Fixture> {
     }
     let secrets = Secrets::new();
     mount_engines(&bao, &secrets, None).await;
-    Some(Fixture {
+    Fixture {
         bao,
         server,
         audit,
         secrets,
         _files: files,
-    })
+    }
 }
 
 /// `POST <path>` on the API with `token`: status and JSON body.
@@ -1049,4 +1066,350 @@ async fn the_vault_client_makes_vaults_own_calls() {
     assert!(!format!("{e:?} {child:?}").contains(child.expose()));
     clients.connect(&endpoint).unwrap();
     assert_eq!(clients.pool_count(), 1, "one pool per address and CA");
+}
+
+/// Every token accessor Vault holds, listed with the root token.
+async fn accessors(bao: &Bao) -> BTreeSet<String> {
+    let list = reqwest::Method::from_bytes(b"LIST").unwrap();
+    let (status, body) = bao
+        .call(list, "auth/token/accessors", Some("root"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits up to `limit` until Vault holds exactly the accessors of `before`.
+async fn wait_for_accessors(bao: &Bao, before: &BTreeSet<String>, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let now = accessors(bao).await;
+        if &now == before {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "vault tokens left alive after {limit:?}: {:?}",
+            now.difference(before).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP proxy to a Vault that holds back every engine read (a request starting with
+/// `GET /v1/aws/`) for ever, as a Vault stuck on its AWS call would, and passes everything else.
+/// A real Vault cannot be made to stall one path on purpose.
+struct StallingProxy {
+    addr: String,
+    stalled: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn stalling_proxy(upstream: &str) -> StallingProxy {
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let stalled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&stalled);
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            connections.spawn(relay(client, server, Arc::clone(&counter)));
+        }
+    });
+    StallingProxy {
+        addr,
+        stalled,
+        task,
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    stalled: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let answers = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match client_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if buf[..n].starts_with(b"GET /v1/aws/") {
+            stalled.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        if server_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    answers.abort();
+}
+
+/// A default configuration logging in through `proxy` and reading AWS through it (the read
+/// stalls), with a client timeout long enough to outlast the test.
+fn stalled_vars(proxy: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("TFC_VAULT_PROVIDER_AUTH", "true"),
+        ("TFC_VAULT_ADDR", proxy),
+        ("TFC_VAULT_RUN_ROLE", "tfe-acme-prod"),
+        ("TFC_VAULT_CLIENT_TIMEOUT", "120"),
+        ("TFC_VAULT_BACKED_AWS_AUTH", "true"),
+        ("TFC_VAULT_BACKED_AWS_AUTH_TYPE", "iam_user"),
+        ("TFC_VAULT_BACKED_AWS_RUN_VAULT_ROLE", "deploy"),
+    ]
+}
+
+/// An OpenBao behind a stalling proxy, and a tfe-oidc allowed to call the proxy.
+async fn stalled_fixture() -> Option<(Fixture, StallingProxy)> {
+    let bao = Bao::start().await?;
+    let proxy = stalling_proxy(&bao.addr).await;
+    let f = wired(bao, &[&proxy.addr], "").await;
+    Some((f, proxy))
+}
+
+/// Starts an exchange through `proxy` in the background, and returns once its engine read is
+/// stalled (its Vault token then exists): the request's task, to be dropped or awaited.
+async fn start_stalled_exchange(
+    f: &Fixture,
+    proxy: &StallingProxy,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let variables: BTreeMap<&str, &str> = stalled_vars(&proxy.addr).into_iter().collect();
+    let body = json!({"run": run_body("acme", "prod", "plan"), "variables": variables});
+    let request = f
+        .server
+        .client()
+        .post(f.server.api_url("/v1/credentials"))
+        .bearer_auth(&f.server.tokens.all)
+        .json(&body);
+    let task = tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    });
+    let start = Instant::now();
+    while proxy.stalled.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the engine read never reached the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task
+}
+
+fn logged(text: &str) -> bool {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).contains(text)
+}
+
+/// A client that disconnects while the engine read is stalled: the exchange is cut off, its
+/// Vault token revoked and the outcome audited; Vault holds no more tokens than before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_exchange_leaves_no_live_vault_token() {
+    let Some((f, proxy)) = stalled_fixture().await else {
+        return;
+    };
+    let before = accessors(&f.bao).await;
+    let request = start_stalled_exchange(&f, &proxy).await;
+    let during = accessors(&f.bao).await;
+    assert_eq!(
+        during.difference(&before).count(),
+        1,
+        "the login's token exists while the read is stalled"
+    );
+    request.abort();
+    let _ = request.await;
+    wait_for_accessors(&f.bao, &before, Duration::from_secs(10)).await;
+    let start = Instant::now();
+    while !logged("reason=\"client_gone\"") {
+        assert!(start.elapsed() < Duration::from_secs(5), "no audit event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged("credentials_abandoned"));
+    assert!(
+        metrics(&f.server)
+            .await
+            .contains("tfe_oidc_vault_requests_total{step=\"revoke\",outcome=\"ok\"} 1")
+    );
+}
+
+/// Shutdown (what SIGTERM and SIGINT run) during an exchange whose engine read is stalled: 20 s
+/// in, the exchange is cut off, its Vault token revoked, and the client answered 503; the
+/// service is down within the 30 s drain, and Vault holds no more tokens than before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_off_a_long_exchange_and_revokes_its_vault_token() {
+    let Some((f, proxy)) = stalled_fixture().await else {
+        return;
+    };
+    let before = accessors(&f.bao).await;
+    let request = start_stalled_exchange(&f, &proxy).await;
+    assert_eq!(accessors(&f.bao).await.difference(&before).count(), 1);
+    let Fixture { bao, server, .. } = f;
+    let started = Instant::now();
+    server.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(19) && took < Duration::from_secs(30),
+        "shutdown took {took:?}"
+    );
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with(
+            "the exchange was cut off (shutdown) and the vault tokens it had obtained were revoked"
+        ),
+        "{body}"
+    );
+    wait_for_accessors(&bao, &before, Duration::from_secs(1)).await;
+    assert!(logged("reason=\"shutdown\""));
+}
+
+/// More configurations than one exchange may ask for: a 400 naming the bound, before any token
+/// is minted or any Vault called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_configurations_are_refused_before_any_login() {
+    capture_logs();
+    let files = tempfile::tempdir().unwrap();
+    let audit = files.path().join("audit.jsonl");
+    let server = start_server(&["https://vault.internal:8200"], &audit, "60s").await;
+    let tags: Vec<String> = (0..17).map(|i| format!("A{i}")).collect();
+    let mut vars = vec![
+        (
+            "TFC_DEFAULT_VAULT_ADDR".to_owned(),
+            "https://vault.internal:8200".to_owned(),
+        ),
+        ("TFC_DEFAULT_VAULT_RUN_ROLE".to_owned(), "r".to_owned()),
+    ];
+    for tag in &tags {
+        vars.push((format!("TFC_VAULT_PROVIDER_AUTH_{tag}"), "true".to_owned()));
+    }
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, body) = exchange(&server, "plan", &vars).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "variables");
+    assert_eq!(
+        body["message"],
+        "variables: 17 configurations (Vault logins, engine reads and manual audiences together) are more than the 16 one exchange may ask for: split them over several exchanges or remove unused aliases"
+    );
+    assert!(audit_lines(&audit).is_empty(), "a token was minted");
+    assert!(!metrics(&server).await.contains("step=\"vault_login\""));
+
+    let dup = format!(
+        r#"{{"run": {}, "variables": {{"TFC_VAULT_ADDR": "a", "TFC_VAULT_ADDR": "b"}}}}"#,
+        run_body("acme", "prod", "plan")
+    );
+    let response = server
+        .client()
+        .post(server.api_url("/v1/credentials"))
+        .bearer_auth(&server.tokens.all)
+        .header("content-type", "application/json")
+        .body(dup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("variable \"TFC_VAULT_ADDR\" is given twice: send each variable once"),
+        "{body}"
+    );
+    let (status, body) = revoke(&server, &json!({"default": "s.SECRETINTYPEERROR"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains("SECRETINTYPEERROR"), "{body}");
+}
+
+/// Revocation is concurrent within one deadline: five entries on a Vault that never answers
+/// hold the request for 8 s, not five client timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_five_tokens_on_a_silent_vault_takes_one_deadline() {
+    capture_logs();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in silent.incoming().take(5) {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let files = tempfile::tempdir().unwrap();
+    let server = start_server(&[&addr], &files.path().join("audit.jsonl"), "60s").await;
+    let entry = json!({"address": addr, "token": "s.silent"});
+    let aliases: serde_json::Map<String, Value> =
+        (1..5).map(|i| (format!("T{i}"), entry.clone())).collect();
+    let started = Instant::now();
+    let (status, body) = revoke(&server, &json!({"default": entry, "aliases": aliases})).await;
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("vault did not answer within 8s"),
+        "{body}"
+    );
+    drop(held);
+}
+
+/// The largest answer an exchange gives (16 Vault configurations sharing one CA through
+/// `TFC_DEFAULT_VAULT_ENCODED_CACERT`) is larger than `api.max_body`, and revokes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_exchange_answer_can_be_revoked() {
+    let Some(bao) = Bao::start_tls().await else {
+        return;
+    };
+    let addr = bao.addr.clone();
+    let f = wired(bao, &[&addr], "max_body = \"8KiB\"").await;
+    let encoded = STANDARD.encode(f.bao.ca_pem.as_ref().unwrap());
+    let tags: Vec<String> = (1..16).map(|i| format!("T{i}")).collect();
+    let mut vars = vec![
+        ("TFC_VAULT_PROVIDER_AUTH".to_owned(), "true".to_owned()),
+        ("TFC_DEFAULT_VAULT_ADDR".to_owned(), addr.clone()),
+        (
+            "TFC_DEFAULT_VAULT_RUN_ROLE".to_owned(),
+            "tfe-acme-prod".to_owned(),
+        ),
+        ("TFC_DEFAULT_VAULT_ENCODED_CACERT".to_owned(), encoded),
+    ];
+    for tag in &tags {
+        vars.push((format!("TFC_VAULT_PROVIDER_AUTH_{tag}"), "true".to_owned()));
+    }
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, body) = exchange(&f.server, "plan", &vars).await;
+    assert_eq!(status, 200, "{body}");
+    let vault = &body["vault"];
+    assert!(
+        vault.to_string().len() > 8 << 10,
+        "the answer fits api.max_body: {}",
+        vault.to_string().len()
+    );
+    let (status, done) = revoke(&f.server, vault).await;
+    assert_eq!(status, 200, "{done}");
+    let revoked = done["revoked"].as_object().unwrap();
+    assert_eq!(revoked.len(), 16, "{done}");
+    assert!(revoked.values().all(|v| v == "revoked"), "{done}");
 }

@@ -428,6 +428,117 @@ fn sigterm_answers_every_request_already_sent_and_resets_none() {
     );
 }
 
+/// Keep-alive clients that send their next request the moment an answer arrives: once SIGTERM
+/// has come, every HTTP/1 answer says `Connection: close`, so no request is ever written on a
+/// connection the server is closing, and none is reset or left unanswered.
+#[test]
+fn sigterm_tells_keep_alive_clients_to_close_and_resets_none() {
+    let setup = Setup::new("");
+    let mut server = setup.serve(&[], &[]).ready();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, closes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, answered, closes, addr) = (
+                Arc::clone(&stop),
+                Arc::clone(&answered),
+                Arc::clone(&closes),
+                setup.discovery,
+            );
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                'connections: while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect(addr) else {
+                        break; // the socket is closed: shutdown is under way
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(40)))
+                        .unwrap();
+                    let mut sent_on_this = 0;
+                    loop {
+                        let request = b"GET /.well-known/jwks HTTP/1.1\r\nHost: x\r\n\r\n";
+                        if stream.write_all(request).is_err() {
+                            // A fresh connection accepted after the drain: a refusal.
+                            if sent_on_this > 0 {
+                                failures.push("write failed on a kept-alive connection".into());
+                            }
+                            continue 'connections;
+                        }
+                        sent_on_this += 1;
+                        match read_one_response(&mut stream) {
+                            Some((200, close)) => {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                if close {
+                                    closes.fetch_add(1, Ordering::Relaxed);
+                                    continue 'connections;
+                                }
+                            }
+                            Some((status, _)) => failures.push(format!("status {status}")),
+                            None if sent_on_this > 1 => {
+                                failures.push(
+                                    "a request on a kept-alive connection was reset or not answered"
+                                        .into(),
+                                );
+                                continue 'connections;
+                            }
+                            None => continue 'connections,
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            break 'connections;
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(35));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?}\n{}",
+        server.stderr()
+    );
+    assert!(answered.load(Ordering::Relaxed) > 50);
+    assert!(
+        closes.load(Ordering::Relaxed) >= 1,
+        "no answer announced the close"
+    );
+    assert!(
+        failures.is_empty(),
+        "requests sent but not answered: {failures:?}"
+    );
+}
+
+/// One HTTP/1.1 response read off a kept-alive connection: its status and whether it says
+/// `Connection: close`; `None` when the connection was reset or closed first.
+fn read_one_response(stream: &mut TcpStream) -> Option<(u16, bool)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let length: usize = header("content-length:")?.parse().ok()?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((status, header("connection:").is_some_and(|v| v == "close")))
+}
+
 #[test]
 fn idle_http2_peers_do_not_hold_up_shutdown() {
     let setup = Setup::new("");

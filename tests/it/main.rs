@@ -15,6 +15,7 @@ mod federation;
 mod ha;
 mod jose;
 mod kinds;
+mod limits;
 mod listeners;
 mod monitoring;
 mod netns;

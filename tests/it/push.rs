@@ -491,3 +491,69 @@ async fn an_approle_login_pushes_with_the_push_policy_only() {
         .expect("pushed through an approle login");
     server.stop().await;
 }
+
+/// The exchange signs behind the same gate as `/v1/tokens`: once the current key is one a
+/// (frozen) target does not hold, `/readyz`, `/v1/tokens` and `/v1/credentials` all answer 503,
+/// and the exchange mints nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exchange_waits_for_the_push_gate_like_token_issuance() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((up, up_token)) = target(dir.path(), 0).await else {
+        return;
+    };
+    let Some((down, down_token)) = target(dir.path(), 1).await else {
+        return;
+    };
+    let server = issuer(&[(&up, &up_token), (&down, &down_token)], "5m").await;
+    let exchange = json!({"run": run_body("acme", "prod", "apply"),
+        "variables": {"TFC_WORKLOAD_IDENTITY_AUDIENCE": VAULT_AUDIENCE}});
+    let (status, body) = post(&server, "/v1/credentials", &exchange).await;
+    assert_eq!(status, 200, "the gate is open: {body}");
+    down.freeze();
+    // The next key reached both targets before the freeze; the one after it never does.
+    let manager = std::sync::Arc::clone(&server.running.state.manager);
+    tokio::task::spawn_blocking(move || {
+        manager.rotate(true).unwrap();
+        manager.rotate(true).unwrap();
+    })
+    .await
+    .unwrap();
+    wait_until("readyz sees the gate", Duration::from_secs(10), || async {
+        readyz(&server).await.0 == 503
+    })
+    .await;
+    let (status, body) = post(&server, "/v1/tokens", &run_body("acme", "prod", "apply")).await;
+    assert_eq!(status, 503, "{body}");
+    let before = metrics(&server).await;
+    let (status, body) = post(&server, "/v1/credentials", &exchange).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["message"],
+        "a push target does not hold the current key yet, so no token is signed with it; see /readyz and the server log"
+    );
+    let issued = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("tfe_oidc_tokens_issued_total{phase=\"apply\"}"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        issued(&metrics(&server).await),
+        issued(&before),
+        "a token was minted"
+    );
+    down.resume();
+    server.stop().await;
+}
+
+async fn post(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
+    let response = server
+        .client()
+        .post(server.api_url(path))
+        .bearer_auth(&server.tokens.all)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
