@@ -274,6 +274,9 @@ pub async fn start(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, St
     let [discovery_tls, api_tls] = tls_configs(config)?;
     let configured_tokens = tokens_file(config)?;
     let federation = crate::http::federation::Federation::new(&config.federation)?;
+    for warning in config.federation.iter().filter_map(|r| r.warning()) {
+        tracing::warn!("{warning}");
+    }
     let push_cas = crate::push::read_files(&config.push)?;
     let connection_budget = connection_budget();
     warn_over_budget(config, connection_budget);

@@ -384,6 +384,9 @@ fn check_config(arg: ConfigArg) -> Result<(), Failure> {
             );
         }
     }
+    for warning in config.federation.iter().filter_map(|r| r.warning()) {
+        eprintln!("warning: {warning}");
+    }
     crate::push::read_files(&config.push)?;
     crate::http::federation::Federation::new(&config.federation)?;
     print!("{}", crate::config::describe(&config));

@@ -32,6 +32,20 @@ pub struct FederationRule {
     pub sub: Vec<SubTemplate>,
 }
 
+impl FederationRule {
+    /// The warning an operator needs about this rule, if any: without `bound_claims`, every
+    /// token of its issuer with one of its audiences is accepted, and on an issuer that many
+    /// organizations share (GitHub Actions, gitlab.com) any job may ask for any audience.
+    pub fn warning(&self) -> Option<String> {
+        self.bound_claims.is_empty().then(|| {
+            format!(
+                "api.federation rule {:?} has no bound_claims: every token {} signs for one of its audiences is accepted, and on a shared issuer any job can ask for that audience; bind the project, repository or environment (see docs/threat-model.md)",
+                self.name, self.issuer
+            )
+        })
+    }
+}
+
 const KEYS: [&str; 7] = [
     "name",
     "issuer",

@@ -136,6 +136,9 @@ pub enum LineError {
     TooManyFields,
     #[error("sub=: {0}")]
     Sub(#[from] GlobError),
+    /// The same token on two lines: which line's scopes and binding apply would be a guess.
+    #[error("the same token's digest is on line {0} already: remove one of the two lines")]
+    DuplicateDigest(usize),
 }
 
 impl ApiTokens {
@@ -147,15 +150,23 @@ impl ApiTokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let entry = parse_line(line).map_err(|why| TokensFileError::Line {
+            let at = |why| TokensFileError::Line {
                 number: number + 1,
                 why,
-            })?;
-            entries.push(entry);
+            };
+            let entry = parse_line(line).map_err(at)?;
+            if let Some((first, _)) = entries
+                .iter()
+                .find(|(_, e): &&(usize, Entry)| e.digest == entry.digest)
+            {
+                return Err(at(LineError::DuplicateDigest(*first)));
+            }
+            entries.push((number + 1, entry));
         }
         if entries.is_empty() {
             return Err(TokensFileError::Empty);
         }
+        let entries = entries.into_iter().map(|(_, e)| e).collect();
         Ok(ApiTokens { entries })
     }
 
@@ -391,6 +402,19 @@ mod tests {
     }
 
     #[test]
+    fn a_token_on_two_lines_is_refused() {
+        let token = new_token();
+        let line = tokens_file_line(&token, "tfe", &[Scope::Tokens]);
+        let err = ApiTokens::parse(&format!("{line}\n# old\n{line}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("line 3:") && err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn malformed_lines_name_their_line() {
         let err = ApiTokens::parse("# comment\nsha256:zz name\n")
             .unwrap_err()
@@ -437,8 +461,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sub=: a sub glob is empty"), "{err}");
+        let other = "1".repeat(64);
         let tokens = ApiTokens::parse(&format!(
-            "sha256:{digest} tfe tokens\nsha256:{digest} op keys"
+            "sha256:{digest} tfe tokens\nsha256:{other} op keys"
         ))
         .unwrap();
         assert_eq!(tokens.unbound_signers(), ["tfe"]);

@@ -6,7 +6,9 @@
 //!   (the keys of `aliases`, which become file names) holds letters, digits and underscores only.
 //!   Anything else (`LD_PRELOAD`, `PATH`, `BASH_ENV`, a tag with a `/`) refuses the whole answer.
 //! - No `TFE_OIDC_RUN_*` variable reaches COMMAND: they are `run`'s own flags, one of them the
-//!   credential's file.
+//!   credential's file. Nor do the variables with which a CI job asks its platform for a new
+//!   identity token (GitHub Actions' `ACTIONS_ID_TOKEN_REQUEST_URL` and `_TOKEN`): with them,
+//!   COMMAND could mint upstream tokens for tfe-oidc's audience for as long as the job runs.
 //! - Every `VAULT_*` and `BAO_*` variable (token, address, namespace, CA, client certificate,
 //!   TLS server name, skip-verify, agent and proxy addresses, token helper configuration, …) is
 //!   removed except the few that only shape output and retries (`KEPT_CLI_SETTINGS`), and the
@@ -123,7 +125,7 @@ pub fn for_command(
 fn kept(name: &OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let name = name.as_bytes();
-    if name.starts_with(b"TFE_OIDC_RUN_") {
+    if name.starts_with(b"TFE_OIDC_RUN_") || name.starts_with(b"ACTIONS_ID_TOKEN_REQUEST_") {
         return false;
     }
     match name
@@ -170,6 +172,8 @@ mod tests {
             ("PATH", "/bin"),
             ("TFE_OIDC_RUN_API_TOKEN_FILE", "/secret"),
             ("TFE_OIDC_RUN_API", "https://x"),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "gh-secret"),
+            ("ACTIONS_ID_TOKEN_REQUEST_URL", "https://gh/id"),
             ("BAO_TOKEN", "root"),
             ("VAULT_SKIP_VERIFY", "true"),
             ("BAO_AGENT_ADDR", "http://agent"),

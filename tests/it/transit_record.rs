@@ -6,11 +6,12 @@
 //! - a soft delete of the record (`kv delete`), with the replica running and then restarted;
 //! - the record undeleted: everything resumes by itself;
 //! - an older record written back (`kv rollback`), running and restarted;
-//! - the record's whole history deleted (`kv metadata delete`) and a fresh start.
+//! - the record's whole history deleted (`kv metadata delete`): refused running, and a start
+//!   that would begin a new history over the old versions is refused too.
 //!
 //! Throughout: the JWKS keeps every key that signed a token handed out, `/readyz` answers 503
-//! naming the record while it is refused, a restarted replica signs nothing until then, and a new
-//! key history never reuses a transit version that was ever published.
+//! naming the record while it is refused, a restarted replica signs nothing until then, and no
+//! transit version that was ever published is reused or destroyed by a new history.
 
 use crate::common;
 
@@ -162,19 +163,25 @@ async fn a_deleted_or_rolled_back_record_is_refused_and_every_signing_key_stays_
     .await;
     wait_readyz(&setup, 200, "ready").await;
     signed.insert(mint_after_rotation(&setup, &signed).await);
+    signed.insert(mint_after_rotation(&setup, &signed).await);
 
-    // An older record written back (what `kv rollback` does): refused, keys stay published.
+    // Older records written back (what `kv rollback` does), the second less old than the first:
+    // refused, keys stay published. After a restart the chain is refused too (the second is
+    // newer than the first, but older than the record before them).
     let latest = record_version(&bao).await;
-    let (_, old) = bao
-        .call(
-            Method::GET,
-            &format!("{RECORD}?version={}", latest - 2),
-            Some("root"),
-            None,
-        )
-        .await;
-    bao.kv_put("tfe-oidc/tfe-oidc", old["data"]["data"].clone())
-        .await;
+    assert!(latest >= 4, "the record has a history: {latest} versions");
+    for older in [latest - 3, latest - 2] {
+        let (_, old) = bao
+            .call(
+                Method::GET,
+                &format!("{RECORD}?version={older}"),
+                Some("root"),
+                None,
+            )
+            .await;
+        bao.kv_put("tfe-oidc/tfe-oidc", old["data"]["data"].clone())
+            .await;
+    }
     let body = wait_readyz(&setup, 503, "was rolled back").await;
     assert!(
         body.contains("kv rollback -mount=secret -version="),
@@ -198,13 +205,9 @@ async fn a_deleted_or_rolled_back_record_is_refused_and_every_signing_key_stays_
     bao.kv_put("tfe-oidc/tfe-oidc", good["data"]["data"].clone())
         .await;
     wait_readyz(&setup, 200, "ready").await;
-    let ever_published = jwks(&setup)
-        .union(&signed)
-        .cloned()
-        .collect::<BTreeSet<_>>();
 
-    // The whole history deleted: a running replica refuses; a fresh start begins a new history
-    // whose keys are all new transit versions.
+    // The whole history deleted: a running replica refuses, and a replica that starts then
+    // refuses to start a new history that would destroy the versions tokens still need.
     let (status, _) = bao
         .call(
             Method::DELETE,
@@ -215,12 +218,20 @@ async fn a_deleted_or_rolled_back_record_is_refused_and_every_signing_key_stays_
         .await;
     assert_eq!(status, 204);
     wait_readyz(&setup, 503, "whole history").await;
+    keeps_publishing(&setup, &signed, Duration::from_secs(2)).await;
     server.stop();
-    let server = setup.serve(&[], &[]).ready();
-    let fresh = jwks(&setup);
+    let mut server = setup.serve(&[], &[]);
+    let Err((status, stderr)) = server.wait_serving() else {
+        panic!("serve started a new key history over a transit key that signed under a record");
+    };
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        fresh.is_disjoint(&ever_published),
-        "a new history reused a published key: {fresh:?} / {ever_published:?}"
+        stderr.contains("has signed under it") && stderr.contains("keys.vault.key"),
+        "{stderr}"
     );
-    server.stop();
+    let key = bao.transit_key().await;
+    assert!(
+        key["keys"].as_object().unwrap().len() >= 2,
+        "no version was trimmed: {key}"
+    );
 }

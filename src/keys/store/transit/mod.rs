@@ -96,7 +96,11 @@ struct Record {
     keys: Vec<RecordKey>,
 }
 
-/// How many KV versions back a store that starts on a deleted record looks for a readable one.
+/// A version of the record and its rank: `(highest_version, generation)`.
+type Ranked = (StoredRecord, (u32, u64));
+
+/// How many KV versions back a store looks at start: for a readable one when the latest is
+/// deleted, and for the most advanced one to check the latest against.
 const HISTORY_LOOKBACK: u64 = 20;
 
 /// How many reads in a row may return an older KV version (a standby that is behind) before it
@@ -398,38 +402,61 @@ impl TransitStore {
         moves_forward_from(record, adopted, &self.vault.key_path())
     }
 
-    /// Loads the latest record, unless it is older than the version before it (an older record
-    /// written back): then that earlier version is the last good set, and the record is refused.
+    /// Loads the latest record, unless it is older than the most advanced record of its history
+    /// (the earlier versions still readable) or than what this store adopted before: an older
+    /// record written back. Then that most advanced record is the last good set, and the latest
+    /// is refused.
     fn load_present(
         &mut self,
         transit: &TransitKey,
         stored: StoredRecord,
     ) -> Result<Loaded, StoreError> {
         let record = self.parse_record(&stored.data)?;
-        let previous = match stored.kv_version {
-            0 | 1 => None,
-            v => self.read_record_version(v - 1)?,
+        let best = self.most_advanced_before(stored.kv_version)?;
+        let own = (self.highest, self.generation);
+        let floor = match &best {
+            Some((_, (highest, generation))) => (own.0.max(*highest), own.1.max(*generation)),
+            None => own,
         };
-        let earlier = previous
-            .as_ref()
-            .and_then(|p| self.parse_record(&p.data).ok());
-        let (Some(previous), Some(earlier)) = (previous, earlier) else {
+        let Err(why) = moves_forward_from(&record, floor, &self.vault.key_path()) else {
             return self.adopt_record(transit, stored);
         };
-        let adopted = (earlier.highest_version, earlier.generation);
-        let Err(why) = moves_forward_from(&record, adopted, &self.vault.key_path()) else {
-            return self.adopt_record(transit, stored);
+        let kv_version = stored.kv_version;
+        let good = best.filter(|(_, rank)| rank.0 >= own.0 && rank.1 >= own.1);
+        let Some((good, _)) = good else {
+            return Err(self.refuse(format!(
+                "{why} (KV version {kv_version}); write the last good version of the record back with `bao kv rollback`"
+            )));
         };
         let why = format!(
-            "{why} (KV version {}); write the last good version back with `bao kv rollback -mount={} -version={} {}`",
-            stored.kv_version,
+            "{why} (KV version {kv_version}); write the last good version back with `bao kv rollback -mount={} -version={} {}`",
             self.vault.kv_mount(),
-            previous.kv_version,
+            good.kv_version,
             self.vault.kv_path()
         );
-        let loaded = self.adopt_version(transit, previous, true)?;
+        let loaded = self.adopt_version(transit, good, true)?;
         self.refuse(why);
         Ok(loaded)
+    }
+
+    /// The most advanced record (highest `highest_version`, then `generation`) among the
+    /// readable versions before `kv_version`, at most `HISTORY_LOOKBACK` back.
+    fn most_advanced_before(&self, kv_version: u64) -> Result<Option<Ranked>, StoreError> {
+        let mut best: Option<Ranked> = None;
+        let oldest = kv_version.saturating_sub(HISTORY_LOOKBACK).max(1);
+        for version in (oldest..kv_version).rev() {
+            let Some(earlier) = self.read_record_version(version)? else {
+                continue;
+            };
+            let Ok(parsed) = self.parse_record(&earlier.data) else {
+                continue;
+            };
+            let rank = (parsed.highest_version, parsed.generation);
+            if best.as_ref().is_none_or(|(_, b)| rank > *b) {
+                best = Some((earlier, rank));
+            }
+        }
+        Ok(best)
     }
 
     /// Loads the newest readable version before `kv_version` (deleted) as the last good set,
@@ -677,6 +704,16 @@ impl KeyStore for TransitStore {
         self.refused = None;
         self.stale_reads = 0;
         let loaded = match self.read_record()? {
+            // A key that already signed under a record (its signing floor was raised) and has
+            // none now: the record was destroyed. Starting a new history would trim the versions
+            // other replicas and unexpired tokens still use.
+            RecordRead::Absent if !self.created_key && transit.min_encryption_version > 0 => {
+                return Err(self.refuse(format!(
+                    "is gone with its whole history (its KV metadata was deleted), but {} has signed under it (min_encryption_version {}): restore the record from a backup of Vault; to start a new key history on purpose (every token its keys signed stops verifying), name a new keys.vault.key",
+                    self.vault.key_path(),
+                    transit.min_encryption_version
+                )));
+            }
             RecordRead::Absent => return Ok(self.begin_history(&transit)),
             RecordRead::Deleted { kv_version } => {
                 let why = self.deleted_message(kv_version);
