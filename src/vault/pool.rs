@@ -91,7 +91,9 @@ pub fn build(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, VaultError> {
         Some(pem) => Arc::new(roots_from_pem(pem)?),
         None => system_roots(),
     };
-    let mut tls = rustls::ClientConfig::builder_with_provider(crate::http::tls::provider())
+    // aws-lc-rs, the provider of the whole process (the listeners use the same).
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
