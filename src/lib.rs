@@ -13,6 +13,7 @@
 //!   and holds rotation back until every push target has the next key.
 //! - [`telemetry`]: logging, Prometheus metrics and the audit trail (docs/reference.md §8).
 //! - [`service`]: wiring a `Config` into a running service, and shutting it down.
+//! - [`systemd`]: the readiness notification of `Type=notify` units.
 //! - [`exchange`]: the credential exchange: `TFC_VAULT_*` variables → Vault logins and engine reads.
 //! - [`vault`]: the one Vault client: connection pools per address and CA, typed calls and errors.
 //! - [`run`]: `tfe-oidc run`, the agent side of the exchange: files, environment, COMMAND,
@@ -35,6 +36,7 @@ pub mod keys;
 pub mod push;
 pub mod run;
 pub mod service;
+pub mod systemd;
 pub mod telemetry;
 pub mod token;
 pub mod validate;

@@ -326,7 +326,9 @@ fn serve(arg: ConfigArg) -> Result<(), Failure> {
         // Handlers first: a SIGHUP while starting must not kill the process.
         let signals = Signals::new();
         let running = service::start(&config, Arc::new(SystemClock)).await?;
+        crate::systemd::notify("READY=1");
         signals.serve(&running).await;
+        crate::systemd::notify("STOPPING=1");
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         running.shutdown().await;
         Ok(())

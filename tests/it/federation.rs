@@ -25,16 +25,7 @@ const AUDIENCE: &str = "https://tfe-oidc.test";
 
 /// `POST <path>` on the API with `bearer`: status and JSON body.
 async fn post(server: &TestServer, path: &str, bearer: &str, body: &Value) -> (u16, Value) {
-    let response = server
-        .client()
-        .post(server.api_url(path))
-        .bearer_auth(bearer)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    server.post_as(path, bearer, body).await
 }
 
 fn exchange_body(vault_addr: &str, workspace: &str) -> Value {

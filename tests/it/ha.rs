@@ -543,3 +543,93 @@ async fn replicas_on_a_raft_cluster_through_leader_loss_restarts_a_frozen_replic
     );
     drop(servers);
 }
+
+/// A TCP proxy to `backend` that counts the HTTP requests going through it (request lines
+/// `GET /v1/`, `POST /v1/`, `PUT /v1/` in the client's stream; the bodies are JSON and never
+/// hold one).
+async fn counting_proxy(backend: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                let upstream = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = in_read.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let seen = [&b"GET /v1/"[..], b"POST /v1/", b"PUT /v1/"]
+                            .iter()
+                            .map(|m| buf[..n].windows(m.len()).filter(|w| w == m).count())
+                            .sum::<usize>();
+                        counter.fetch_add(seen as u64, Ordering::Relaxed);
+                        if out_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let downstream = tokio::io::copy(&mut out_read, &mut in_write);
+                tokio::join!(upstream, async {
+                    let _ = downstream.await;
+                });
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Vault's load from idle replicas at the default `keys.vault.refresh` (5 s): every request of
+/// one replica, then of three, counted by a proxy in front of OpenBao over 20 s. Prints the
+/// figures for `bench/README.md`; holds each replica to at most 0.5 requests a second (a record
+/// read every 5 s, plus the token file's lookups) and the load to growing no faster than the
+/// number of replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vaults_load_per_idle_replica_at_the_default_refresh_grows_linearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((bao, token)) = common::bao::Bao::start_with_transit(dir.path()).await else {
+        return;
+    };
+    let vault: SocketAddr = bao.addr.trim_start_matches("http://").parse().unwrap();
+    let (proxy, count) = counting_proxy(vault).await;
+    let store = format!(
+        "store = \"vault-transit\"\n[keys.vault]\naddr = \"http://{proxy}\"\ntoken_file = {token:?}\n"
+    );
+    let window = Duration::from_secs(20);
+    let mut rates = Vec::new();
+    for replicas in [1usize, 3] {
+        let setups: Vec<Setup> = (0..replicas)
+            .map(|_| replica("https://tfe-oidc.internal", &store, ports().0))
+            .collect();
+        let servers: Vec<Server> = setups.iter().map(|s| s.serve(&[], &[]).ready()).collect();
+        // Past the start-up calls (key, record, signing floor), then idle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = count.load(Ordering::Relaxed);
+        tokio::time::sleep(window).await;
+        let requests = count.load(Ordering::Relaxed) - before;
+        let per_replica = requests as f64 / replicas as f64 / window.as_secs_f64();
+        eprintln!(
+            "VAULT LOAD: {replicas} idle replica(s), default refresh: {requests} requests in {window:?}, {per_replica:.2}/s per replica"
+        );
+        assert!(
+            per_replica <= 0.5,
+            "{per_replica:.2} requests/s per idle replica"
+        );
+        assert!(requests > 0, "the replicas never read the record");
+        rates.push(requests as f64 / window.as_secs_f64());
+        drop(servers);
+    }
+    assert!(
+        rates[1] <= rates[0] * 3.0 * 1.5,
+        "Vault's load grows faster than the replicas: {rates:?}"
+    );
+}

@@ -546,14 +546,5 @@ async fn the_exchange_waits_for_the_push_gate_like_token_issuance() {
 }
 
 async fn post(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let response = server
-        .client()
-        .post(server.api_url(path))
-        .bearer_auth(&server.tokens.all)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    server.post_as(path, &server.tokens.all, body).await
 }

@@ -223,10 +223,16 @@ impl TestServer {
 
     /// `POST /v1/tokens` with the all-scopes token; returns status and JSON body.
     pub async fn post_token(&self, body: &Value) -> (u16, Value) {
+        self.post_as("/v1/tokens", &self.tokens.all, body).await
+    }
+
+    /// `POST <path>` on the API with `bearer`: the status and the JSON body (`null` when the
+    /// body is not JSON).
+    pub async fn post_as(&self, path: &str, bearer: &str, body: &Value) -> (u16, Value) {
         let response = self
             .client()
-            .post(self.api_url("/v1/tokens"))
-            .bearer_auth(&self.tokens.all)
+            .post(self.api_url(path))
+            .bearer_auth(bearer)
             .json(body)
             .send()
             .await
