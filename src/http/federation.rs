@@ -59,7 +59,12 @@ pub struct Federation {
 struct Upstream {
     rule: FederationRule,
     http: reqwest::Client,
+    /// Held only to read or update the keys, never across a fetch: a token whose key is cached
+    /// never waits for the upstream.
     cache: Mutex<KeyCache>,
+    /// Held across a fetch: one at a time, and a token whose key is unknown waits for the fetch
+    /// under way instead of being refused before it lands.
+    fetching: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -97,6 +102,7 @@ impl Federation {
                     rule: rule.clone(),
                     http,
                     cache: Mutex::new(KeyCache::default()),
+                    fetching: Mutex::new(()),
                 }),
                 Err(why) => problems.push(Problem::new(
                     &format!("api.federation[{index}].ca_file"),
@@ -272,14 +278,26 @@ impl Upstream {
 
     /// The issuer's key for `kid` (or its only key when the token names none).
     async fn key(&self, kid: Option<&str>, alg: &str) -> Result<DecodingKey, Refusal> {
-        let mut cache = self.cache.lock().await;
         let now = Instant::now();
-        let found = find(&cache.keys, kid).is_some();
-        let stale = cache.fetched.is_none_or(|t| now - t > MAX_AGE);
-        let may_fetch = cache.attempted.is_none_or(|t| now - t >= REFETCH_INTERVAL);
-        if (!found || stale) && may_fetch {
-            cache.attempted = Some(now);
-            match self.fetch_jwks().await {
+        let (found, fetching) = {
+            let mut cache = self.cache.lock().await;
+            let found = find(&cache.keys, kid).is_some();
+            let stale = cache.fetched.is_none_or(|t| now - t > MAX_AGE);
+            let may_fetch = cache.attempted.is_none_or(|t| now - t >= REFETCH_INTERVAL);
+            // Taken before the cache is released, so that a request that finds the fetch
+            // attempted also finds it under way (and waits for it).
+            let fetching = ((!found || stale) && may_fetch)
+                .then(|| self.fetching.try_lock().ok())
+                .flatten();
+            if fetching.is_some() {
+                cache.attempted = Some(now);
+            }
+            (found, fetching)
+        };
+        if let Some(_one) = fetching {
+            let fetched = self.fetch_jwks().await;
+            let mut cache = self.cache.lock().await;
+            match fetched {
                 Ok(keys) => {
                     cache.keys = keys;
                     cache.fetched = Some(now);
@@ -290,7 +308,11 @@ impl Upstream {
                     cache.failure = Some(why);
                 }
             }
+        } else if !found {
+            // Another request may be fetching the key right now: wait for it, then look again.
+            drop(self.fetching.lock().await);
         }
+        let cache = self.cache.lock().await;
         let Some(jwk) = find(&cache.keys, kid) else {
             if let Some(why) = &cache.failure {
                 return Err(Refusal::Unreachable(format!(

@@ -11,6 +11,8 @@
 
 use crate::common;
 
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Value, json};
@@ -562,6 +564,56 @@ async fn an_upstream_key_rotation_is_followed_without_a_restart() {
     assert_eq!(status, 200, "{body}");
     // The previous key is still published: its tokens keep working.
     assert_eq!(post(&server, "/v1/tokens", &before, &prod).await.0, 200);
+    server.stop().await;
+}
+
+/// An unknown kid while the upstream hangs (OpenBao frozen) makes that request wait for the
+/// refetch; a token whose key is cached is answered at once all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_refetch_never_holds_up_a_token_whose_key_is_cached() {
+    let Some(up) = Upstream::start().await else {
+        return;
+    };
+    let server = TestServer::start(Options {
+        api_toml: up.rule(),
+        ..Options::default()
+    })
+    .await;
+    let prod = run_body("acme", "prod", "plan");
+    let valid = up.token("ci").await;
+    assert_eq!(post(&server, "/v1/tokens", &valid, &prod).await.0, 200);
+    let issuer = up.issuer();
+    let unknown = unsigned(
+        json!({"alg": "RS256", "kid": "not-published"}),
+        json!({"iss": issuer, "aud": AUDIENCE, "exp": common::unix_now() + 60}),
+    );
+    tokio::time::sleep(REFETCH_INTERVAL).await;
+    up.bao.freeze();
+    let hanging = {
+        let (client, url) = (server.client(), server.api_url("/v1/tokens"));
+        let body = prod.clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(unknown)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let (status, body) = post(&server, "/v1/tokens", &valid, &prod).await;
+    let took = started.elapsed();
+    up.bao.resume();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a cached key waited {took:?} for the upstream"
+    );
+    let refused = hanging.await.unwrap().unwrap();
+    assert!(refused == 503 || refused == 401, "{refused}");
     server.stop().await;
 }
 
