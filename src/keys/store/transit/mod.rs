@@ -141,6 +141,10 @@ pub struct TransitStore {
     refused: Option<String>,
     /// Reads in a row that returned an older KV version than `cas`.
     stale_reads: u32,
+    /// The next load reads the record on every node and takes the newest: at start (a fresh
+    /// process has no index yet with which a standby that is behind would forward the read)
+    /// and after a lost check-and-set (the record is newer than the one read).
+    read_newest: bool,
     /// Versions `create` handed out since the last load or commit.
     pending: Vec<u32>,
     /// The transit key as last read or configured.
@@ -220,6 +224,7 @@ impl TransitStore {
             generation: 0,
             refused: None,
             stale_reads: 0,
+            read_newest: true,
             pending: Vec::new(),
             transit: None,
             enforce_pending: None,
@@ -377,7 +382,11 @@ impl KeyStore for TransitStore {
         let transit = self.read_transit()?;
         self.refused = None;
         self.stale_reads = 0;
-        let loaded = match self.read_record()? {
+        let read = match std::mem::take(&mut self.read_newest) {
+            true => self.read_record_newest()?,
+            false => self.read_record()?,
+        };
+        let loaded = match read {
             // A key that already signed under a record (its signing floor was raised) and has
             // none now: the record was destroyed. Starting a new history would trim the versions
             // other replicas and unexpired tokens still use.
@@ -465,7 +474,10 @@ impl KeyStore for TransitStore {
                 self.generation = record.generation;
                 self.versions.retain(|kid, _| set.contains(kid));
             }
-            Err(e) if e.is_cas_mismatch() => return Err(StoreError::Conflict),
+            Err(e) if e.is_cas_mismatch() => {
+                self.read_newest = true;
+                return Err(StoreError::Conflict);
+            }
             Err(e) => {
                 return Err(vault_error(
                     &format!("write {}", self.vault.record_path()),

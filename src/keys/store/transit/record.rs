@@ -78,6 +78,12 @@ impl TransitStore {
             .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))
     }
 
+    /// The record as the most advanced node holds it (after a check-and-set conflict).
+    pub(super) fn read_record_newest(&self) -> Result<RecordRead, StoreError> {
+        self.block_on(self.vault.read_record_newest())
+            .map_err(|e| vault_error(&format!("read {}", self.vault.record_path()), e))
+    }
+
     /// The record at KV version `version`, if that version is readable.
     pub(super) fn read_record_version(
         &self,

@@ -97,6 +97,17 @@ pub enum RecordRead {
     Absent,
 }
 
+impl RecordRead {
+    /// The KV version this read saw (0: none).
+    pub fn kv_version(&self) -> u64 {
+        match self {
+            RecordRead::Present(stored) => stored.kv_version,
+            RecordRead::Deleted { kv_version } => *kv_version,
+            RecordRead::Absent => 0,
+        }
+    }
+}
+
 /// The transit key and the record of one store, through one Vault session per node.
 pub struct TransitVault {
     sessions: Vec<Session>,
@@ -225,11 +236,42 @@ impl TransitVault {
     /// The record as the secret holds it now. One read while the latest version is readable;
     /// otherwise the secret's metadata tells a deleted record from one never written.
     pub async fn read_record(&self) -> Result<RecordRead, CallError> {
-        if let Some(stored) = self.read_record_version(None).await? {
+        self.read_record_on(None).await
+    }
+
+    /// The record as the most advanced node holds it: read from every node, the highest KV
+    /// version wins. After a check-and-set conflict the record is newer than the one this store
+    /// read, and a standby that is behind (a fresh process has no index to send it yet) could
+    /// answer the same old one again; the active node never does. Nodes that fail are skipped.
+    pub async fn read_record_newest(&self) -> Result<RecordRead, CallError> {
+        let mut newest: Option<RecordRead> = None;
+        let mut failure = None;
+        for node in 0..self.sessions.len() {
+            match self.read_record_on(Some(node)).await {
+                Ok(read)
+                    if newest
+                        .as_ref()
+                        .is_none_or(|n| read.kv_version() > n.kv_version()) =>
+                {
+                    newest = Some(read);
+                }
+                Ok(_) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        match (newest, failure) {
+            (Some(read), _) => Ok(read),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(RecordRead::Absent),
+        }
+    }
+
+    async fn read_record_on(&self, node: Option<usize>) -> Result<RecordRead, CallError> {
+        if let Some(stored) = self.read_version_on(node, None).await? {
             return Ok(RecordRead::Present(stored));
         }
         let path = format!("{}/metadata/{}", self.kv_mount, self.kv_path);
-        let metadata = match self.read(&path).await {
+        let metadata = match self.read_with(node, &path, &[]).await {
             Ok(secret) => secret,
             Err(e) if e.is_not_found() => return Ok(RecordRead::Absent),
             Err(e) => return Err(e),
@@ -246,9 +288,17 @@ impl TransitVault {
         &self,
         version: Option<u64>,
     ) -> Result<Option<StoredRecord>, CallError> {
+        self.read_version_on(None, version).await
+    }
+
+    async fn read_version_on(
+        &self,
+        node: Option<usize>,
+        version: Option<u64>,
+    ) -> Result<Option<StoredRecord>, CallError> {
         let version = version.map(|v| v.to_string());
         let query: Vec<(&str, &str)> = version.iter().map(|v| ("version", v.as_str())).collect();
-        let secret = match self.read_with(&self.record_path(), &query).await {
+        let secret = match self.read_with(node, &self.record_path(), &query).await {
             Ok(secret) => secret,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
@@ -285,12 +335,24 @@ impl TransitVault {
     }
 
     async fn read(&self, path: &str) -> Result<Secret, CallError> {
-        self.read_with(path, &[]).await
+        self.read_with(None, path, &[]).await
     }
 
-    async fn read_with(&self, path: &str, query: &[(&str, &str)]) -> Result<Secret, CallError> {
-        self.with_token(|vault, token| async move { vault.read(&token, path, query).await })
-            .await
+    /// A read on `node` only, or (`None`) on the preferred node with failover.
+    async fn read_with(
+        &self,
+        node: Option<usize>,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Secret, CallError> {
+        let call = |vault: &crate::vault::Vault, token: VaultToken| {
+            let vault = vault.clone();
+            async move { vault.read(&token, path, query).await }
+        };
+        match node {
+            Some(i) => self.on_node(&self.sessions[i], &call).await,
+            None => self.with_token(call).await,
+        }
     }
 
     async fn write(&self, path: &str, body: &Value) -> Result<Option<Secret>, CallError> {
