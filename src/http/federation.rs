@@ -25,6 +25,7 @@ use super::error::ApiError;
 use super::policy::SubPolicy;
 use crate::config::{ConfigError, FederationRule, Problem, glob_match};
 use crate::keys::UnixTime;
+use crate::vault::error_chain;
 
 /// The algorithms an upstream token may be signed with; never `none`, never a shared secret.
 const ALGORITHMS: [(&str, Algorithm); 9] = [
@@ -470,17 +471,6 @@ fn printable(text: &str) -> String {
         })
         .take(128)
         .collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::RunError;
 use super::handover::ApiToken;
+use crate::vault::error_chain;
 
 /// A client of one tfe-oidc API listener.
 #[derive(Debug)]
@@ -64,7 +65,7 @@ impl ApiClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| RunError::Unavailable(format!("POST {url}: {}", chain(&e))))?;
+            .map_err(|e| RunError::Unavailable(format!("POST {url}: {}", error_chain(&e))))?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         match status {
@@ -100,18 +101,6 @@ fn api_error(status: u16, answer: &Value) -> RunError {
         502 => RunError::Vault(message),
         _ => RunError::Unavailable(format!("answered {status}: {message}")),
     }
-}
-
-/// An error with its sources, on one line; reqwest's name the URL, never the token.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -339,14 +339,20 @@ fn transport(e: reqwest::Error, timeout: Duration) -> VaultError {
     if e.is_timeout() {
         return VaultError::Timeout(timeout);
     }
+    VaultError::Connect(error_chain(&e))
+}
+
+/// An error and its sources on one line (`a: b: c`). The HTTP clients' errors name the URL,
+/// never a header, so no token is in them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(inner) = source {
         text.push_str(": ");
         text.push_str(&inner.to_string());
         source = inner.source();
     }
-    VaultError::Connect(text)
+    text
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::process::{Server, Setup, tfe_oidc};
-use common::raw::http;
+use common::raw::{http, read_head};
 use common::{binary, require_tool, run_body};
 
 /// How a fake Vault answers each request, given the request's head (lowercased).
@@ -54,15 +54,7 @@ fn fake_vault(answer: Answer) -> FakeVault {
 /// Reads one request's head (lowercased) and its `Content-Length` body; `None` when the peer
 /// went away.
 fn read_request(stream: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_head(stream)?;
     let length = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))

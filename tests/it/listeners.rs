@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::process::{Server, Setup, run, text, tfe_oidc};
-use common::raw::{http, read_response};
+use common::raw::{http, read_head, read_response};
 use common::{Options, RUN_FLAGS, TestPki, TestServer, run_body, write_tokens_file};
 use serde_json::Value;
 
@@ -519,15 +519,7 @@ fn sigterm_tells_keep_alive_clients_to_close_and_resets_none() {
 /// One HTTP/1.1 response read off a kept-alive connection: its status and whether it says
 /// `Connection: close`; `None` when the connection was reset or closed first.
 fn read_one_response(stream: &mut TcpStream) -> Option<(u16, bool)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_head(stream)?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
     let header = |name: &str| {
         head.lines()

@@ -55,6 +55,20 @@ pub fn read_response(stream: &mut TcpStream) -> (u16, String, String) {
     (status, head, body)
 }
 
+/// One message head off a kept-alive connection, read up to its blank line and lowercased;
+/// `None` when the peer closed or reset the connection first.
+pub fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).to_lowercase())
+}
+
 pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     loop {
